@@ -1,0 +1,103 @@
+"""The `dockyard` command: serve the registry and run its admin commands."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+
+from aiohttp import web
+
+from registry.config import Config, ConfigError, load_config
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--data", metavar="DIR", help="data directory (default ./data)")
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    return load_config(args.config, data_dir=args.data)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"address {addr!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import build_app
+
+    config = config_from(args)
+    if args.addr:
+        config.http.addr = args.addr
+    if args.insecure:
+        config.http.insecure = True
+    host, port = _split_addr(config.http.addr)
+    auth_on = bool(config.section("auth").get("enabled"))
+    if not _is_loopback(host) and not auth_on and not config.http.insecure:
+        print(
+            f"dockyard: refusing to listen on {host}: authentication is disabled, so anyone who "
+            "can reach this address could push, overwrite and delete images. Enable [auth] in "
+            "the config, listen on 127.0.0.1, or pass --insecure if this network is trusted.",
+            file=sys.stderr,
+        )
+        return 2
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    app = build_app(config)
+    print(f"dockyard: serving on http://{host}:{port} (data {config.data_dir})", flush=True)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=config.http.shutdown_timeout,
+        reuse_port=config.http.workers > 1,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dockyard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the registry")
+    _common(serve)
+    serve.add_argument(
+        "--addr", metavar="HOST:PORT", help="listen address (default 127.0.0.1:5000)"
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening on a non-loopback address without authentication",
+    )
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"dockyard: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

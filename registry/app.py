@@ -1,0 +1,105 @@
+"""The registry's aiohttp application: routes, error mapping, lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from .config import Config
+from .errors import (
+    API_VERSION_HEADER,
+    NameUnknown,
+    RegistryError,
+    Unavailable,
+    Unsupported,
+    error_response,
+)
+from .handlers import blobs, discovery, manifests, uploads
+from .handlers.base import REGISTRY
+from .metadata import MetadataStore
+from .service import Registry
+from .storage import StorageError, make_store
+
+log = logging.getLogger("dockyard.registry")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request["request_id"] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    try:
+        return await handler(request)
+    except RegistryError as err:
+        return error_response(err)
+    except StorageError as err:
+        log.warning("storage error on %s %s: %s", request.method, request.path, err)
+        return error_response(Unavailable(f"storage unavailable: {err}"))
+    except web.HTTPException as exc:
+        if not request.path.startswith("/v2/") or exc.status not in (404, 405):
+            raise
+        if exc.status == 405:
+            return error_response(Unsupported(f"{request.method} is not supported here"))
+        return error_response(NameUnknown("no such endpoint or repository"))
+    except (ConnectionResetError, web.HTTPClientError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(RegistryError("internal error; see the server log"))
+
+
+async def _stamp(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/v2"):
+        response.headers.update(API_VERSION_HEADER)
+    if "request_id" in request:
+        response.headers["X-Request-Id"] = request["request_id"]
+
+
+async def api_base(request: web.Request) -> web.StreamResponse:
+    return web.json_response({})
+
+
+def add_routes(app: web.Application) -> None:
+    name = "/v2/{name:.+}"
+    r = app.router
+    r.add_get("/v2/", api_base)
+    r.add_get("/v2/_catalog", discovery.catalog)
+    r.add_get(name + "/tags/list", discovery.list_tags)
+    r.add_get(name + "/referrers/{digest}", discovery.referrers)
+    r.add_get(name + "/manifests/{reference}", manifests.get_manifest)
+    r.add_put(name + "/manifests/{reference}", manifests.put_manifest)
+    r.add_delete(name + "/manifests/{reference}", manifests.delete_manifest)
+    r.add_post(name + "/blobs/uploads/", uploads.start_upload)
+    r.add_get(name + "/blobs/uploads/{upload_id}", uploads.upload_status)
+    r.add_patch(name + "/blobs/uploads/{upload_id}", uploads.patch_upload)
+    r.add_put(name + "/blobs/uploads/{upload_id}", uploads.put_upload)
+    r.add_delete(name + "/blobs/uploads/{upload_id}", uploads.cancel_upload)
+    # HEAD of a blob answers from metadata alone; it must not open the object.
+    r.add_get(name + "/blobs/{digest}", blobs.get_blob, allow_head=False)
+    r.add_head(name + "/blobs/{digest}", blobs.head_blob)
+    r.add_delete(name + "/blobs/{digest}", blobs.delete_blob)
+
+
+def make_registry(config: Config) -> Registry:
+    store = make_store(config.storage, config.data_dir)
+    return Registry(config.registry, store, MetadataStore(config.data_dir))
+
+
+def setup_registry(app: web.Application, registry: Registry) -> None:
+    """Mount the Distribution API on `app` and tie the registry's lifecycle to it."""
+    app[REGISTRY] = registry
+    app.middlewares.append(error_middleware)
+    app.on_response_prepare.append(_stamp)
+    add_routes(app)
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await registry.store.start()
+        await registry.meta.start()
+        yield
+        await registry.meta.close()
+        await registry.store.close()
+
+    app.cleanup_ctx.append(lifecycle)

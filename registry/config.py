@@ -1,0 +1,119 @@
+"""Configuration: one TOML file plus `DOCKYARD_<SECTION>_<KEY>` environment overrides.
+
+Every default works on one machine with no other service. Sections owned by other parts
+(`auth`, `notifications`, `launcher`) are passed to them raw; this module only types its own.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class HttpSettings:
+    addr: str = "127.0.0.1:5000"
+    insecure: bool = False
+    workers: int = 1
+    shutdown_timeout: float = 30.0
+
+
+@dataclass
+class StorageSettings:
+    driver: str = "filesystem"
+    # s3 driver
+    endpoint: str | None = None
+    bucket: str = "dockyard"
+    region: str = "us-east-1"
+    prefix: str = ""
+    redirect: bool = False
+    redirect_expiry: int = 300
+    part_size_mib: int = 16
+    access_key: str | None = None
+    secret_key: str | None = None
+    create_bucket: bool = False
+
+
+@dataclass
+class RegistrySettings:
+    default_customer: str = "library"
+    delete_enabled: bool = True
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    upload_expiry_seconds: int = 24 * 3600
+    # Customer-wide layer dedup: a HEAD/mount in one repository finds blobs in the others.
+    customer_dedup: bool = True
+
+
+SECTIONS: dict[str, type] = {
+    "http": HttpSettings,
+    "storage": StorageSettings,
+    "registry": RegistrySettings,
+}
+
+
+@dataclass
+class Config:
+    data_dir: Path = Path("data")
+    http: HttpSettings = field(default_factory=HttpSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    # Raw tables for the parts that parse their own settings.
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict[str, Any]:
+        value = self.raw.get(name, {})
+        return value if isinstance(value, dict) else {}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value: str, target: Any) -> Any:
+    if isinstance(target, bool):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(target, int):
+        return int(value)
+    if isinstance(target, float):
+        return float(value)
+    return value
+
+
+def _build(cls: type, table: dict[str, Any], section: str, unknown: list[str]) -> Any:
+    obj = cls()
+    names = {f.name for f in fields(cls)}
+    for key, value in table.items():
+        if key not in names:
+            unknown.append(f"{section}.{key}")
+            continue
+        setattr(obj, key, value)
+    for f in fields(cls):
+        env = os.environ.get(f"DOCKYARD_{section.upper()}_{f.name.upper()}")
+        if env is not None:
+            setattr(
+                obj,
+                f.name,
+                _coerce(env, getattr(obj, f.name) if getattr(obj, f.name) is not None else ""),
+            )
+    return obj
+
+
+def load_config(path: str | Path | None = None, *, data_dir: str | Path | None = None) -> Config:
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    unknown: list[str] = []
+    cfg = Config(raw=raw)
+    for name, cls in SECTIONS.items():
+        setattr(cfg, name, _build(cls, raw.get(name, {}), name, unknown))
+    chosen = data_dir or os.environ.get("DOCKYARD_DATA") or raw.get("data_dir") or "data"
+    cfg.data_dir = Path(chosen).resolve()
+    cfg.raw["_unknown"] = unknown
+    return cfg

@@ -1,0 +1,82 @@
+"""What every handler shares: the app keys, name parsing, request origin, body streaming."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+from aiohttp import web
+
+from ..errors import RangeNotSatisfiable
+from ..reference import check_name
+from ..service import Origin, Registry
+
+REGISTRY = web.AppKey("registry", Registry)
+
+CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)$")
+READ_BLOCK = 1 << 18
+
+
+def repo_name(request: web.Request) -> str:
+    return check_name(request.match_info["name"])
+
+
+def registry_of(request: web.Request) -> Registry:
+    return request.app[REGISTRY]
+
+
+def origin(request: web.Request) -> Origin:
+    access = request.get("access")
+    peer = request.remote or ""
+    return Origin(
+        request_id=request.get("request_id", ""),
+        addr=peer,
+        host=request.host,
+        method=request.method,
+        useragent=request.headers.get("User-Agent", ""),
+        subject=getattr(access, "subject", None),
+    )
+
+
+async def body_blocks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives, never held whole."""
+    async for block in request.content.iter_chunked(READ_BLOCK):
+        yield block
+
+
+def has_body(request: web.Request) -> bool:
+    if request.content_length is not None:
+        return request.content_length > 0
+    return request.body_exists
+
+
+def content_range(request: web.Request) -> tuple[int | None, int | None]:
+    """(start, length) from a chunk's Content-Range, or (None, Content-Length) without one."""
+    value = request.headers.get("Content-Range")
+    if value is None:
+        return None, request.content_length
+    m = CONTENT_RANGE_RE.match(value.strip())
+    if not m or int(m.group(2)) < int(m.group(1)):
+        raise RangeNotSatisfiable(f"invalid Content-Range {value[:100]!r}")
+    start, end = int(m.group(1)), int(m.group(2))
+    length = end - start + 1
+    if request.content_length is not None and request.content_length != length:
+        raise RangeNotSatisfiable("Content-Range does not match Content-Length")
+    return start, length
+
+
+def page_params(request: web.Request) -> tuple[int | None, str | None]:
+    """`n` and `last` of a paginated list (spec: "Listing Tags")."""
+    n_raw = request.query.get("n")
+    n: int | None = None
+    if n_raw is not None and n_raw.strip().isdigit():
+        n = min(int(n_raw), 10_000)
+    return n, request.query.get("last")
+
+
+def next_link(path: str, n: int | None, items: list[str], extra: str = "") -> dict[str, str]:
+    """A `Link: <…>; rel="next"` header when a full page suggests more items follow."""
+    if not n or len(items) < n:
+        return {}
+    return {"Link": f'<{path}?n={n}&last={quote(items[-1], safe="")}{extra}>; rel="next"'}

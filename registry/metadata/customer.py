@@ -1,0 +1,332 @@
+"""One customer's metadata database: repositories, blobs held, manifests, tags, uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    digest: str
+    media_type: str
+    size: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    id: str
+    repository: str
+    algorithm: str
+    offset: int
+    driver: dict[str, Any]
+    owner: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class NewManifest:
+    digest: str
+    media_type: str
+    payload: bytes
+    artifact_type: str | None
+    subject: str | None
+    annotations: dict[str, str] | None
+    # (digest, kind) pairs: kind is 'blob', 'manifest' or 'subject'.
+    refs: list[tuple[str, str]]
+    # Blobs to link into the repository with their sizes (config and layers).
+    blobs: list[tuple[str, int]]
+
+
+class CustomerMeta:
+    def __init__(self, name: str, db: aiosqlite.Connection) -> None:
+        self.name = name
+        self.db = db
+        # One connection serves many coroutines: transactions must not interleave.
+        self._write_lock = asyncio.Lock()
+        self._repo_ids: dict[str, int] = {}
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
+        async with self.db.execute(sql, tuple(args)) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        async with self.db.execute(sql, tuple(args)) as cur:
+            return list(await cur.fetchall())
+
+    # Repositories
+
+    async def repo_id(self, name: str) -> int | None:
+        cached = self._repo_ids.get(name)
+        if cached is not None:
+            return cached
+        row = await self._one("SELECT id FROM repositories WHERE name=?", (name,))
+        if row:
+            self._repo_ids[name] = row[0]
+            return row[0]
+        return None
+
+    async def ensure_repo(self, db: aiosqlite.Connection, name: str) -> int:
+        """Inside a transaction: the id of `name`, creating the repository if needed."""
+        row = await self._one("SELECT id FROM repositories WHERE name=?", (name,))
+        if row:
+            return row[0]
+        cur = await db.execute(
+            "INSERT INTO repositories(name, created_at) VALUES (?, ?)", (name, time.time())
+        )
+        return cur.lastrowid  # type: ignore[return-value]
+
+    async def repositories(self) -> list[str]:
+        rows = await self._all("SELECT name FROM repositories ORDER BY name")
+        return [r[0] for r in rows]
+
+    # Blobs
+
+    async def repo_blob_size(self, repo: str, digest: str) -> int | None:
+        row = await self._one(
+            "SELECT b.size FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id "
+            "JOIN blobs b ON b.digest = rb.digest WHERE r.name=? AND rb.digest=?",
+            (repo, digest),
+        )
+        return row[0] if row else None
+
+    async def repos_holding(self, digest: str) -> list[tuple[str, int]]:
+        """Repositories of this customer that hold `digest`, with the blob's size."""
+        rows = await self._all(
+            "SELECT r.name, b.size FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id "
+            "JOIN blobs b ON b.digest = rb.digest WHERE rb.digest=? ORDER BY r.name",
+            (digest,),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    @staticmethod
+    async def _link(db: aiosqlite.Connection, repo_id: int, digest: str, size: int) -> None:
+        now = time.time()
+        await db.execute(
+            "INSERT OR IGNORE INTO blobs(digest, size, created_at) VALUES (?, ?, ?)",
+            (digest, size, now),
+        )
+        await db.execute(
+            "INSERT OR IGNORE INTO repo_blobs(repo_id, digest, created_at) VALUES (?, ?, ?)",
+            (repo_id, digest, now),
+        )
+
+    async def link_blob(
+        self, repo: str, digest: str, size: int, upload_id: str | None = None
+    ) -> None:
+        async with self.tx() as db:
+            repo_id = await self.ensure_repo(db, repo)
+            await self._link(db, repo_id, digest, size)
+            if upload_id:
+                await db.execute("DELETE FROM uploads WHERE id=?", (upload_id,))
+        self._repo_ids.setdefault(repo, repo_id)
+
+    async def unlink_blob(self, repo: str, digest: str) -> bool:
+        repo_id = await self.repo_id(repo)
+        if repo_id is None:
+            return False
+        async with self.tx() as db:
+            cur = await db.execute(
+                "DELETE FROM repo_blobs WHERE repo_id=? AND digest=?", (repo_id, digest)
+            )
+            return cur.rowcount > 0
+
+    # Manifests and tags
+
+    async def put_manifest(self, repo: str, m: NewManifest, tags: list[str]) -> None:
+        now = time.time()
+        async with self.tx() as db:
+            repo_id = await self.ensure_repo(db, repo)
+            for digest, size in m.blobs:
+                await self._link(db, repo_id, digest, size)
+            await self._link(db, repo_id, m.digest, len(m.payload))
+            await db.execute(
+                "INSERT OR IGNORE INTO manifests(repo_id, digest, media_type, size, payload, "
+                "artifact_type, subject, annotations, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    repo_id,
+                    m.digest,
+                    m.media_type,
+                    len(m.payload),
+                    m.payload,
+                    m.artifact_type,
+                    m.subject,
+                    json.dumps(m.annotations) if m.annotations else None,
+                    now,
+                ),
+            )
+            await db.executemany(
+                "INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, ref, kind) "
+                "VALUES (?,?,?,?)",
+                [(repo_id, m.digest, ref, kind) for ref, kind in m.refs],
+            )
+            await db.executemany(
+                "INSERT INTO tags(repo_id, name, digest, updated_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(repo_id, name) DO UPDATE SET digest=excluded.digest, "
+                "updated_at=excluded.updated_at",
+                [(repo_id, tag, m.digest, now) for tag in tags],
+            )
+        self._repo_ids.setdefault(repo, repo_id)
+
+    async def manifest_exists(self, repo: str, digest: str) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repo_id "
+            "WHERE r.name=? AND m.digest=?",
+            (repo, digest),
+        )
+        return row is not None
+
+    async def get_manifest(
+        self, repo: str, reference: str, by_digest: bool
+    ) -> ManifestRecord | None:
+        if by_digest:
+            sql = (
+                "SELECT m.digest, m.media_type, m.size, m.payload FROM manifests m "
+                "JOIN repositories r ON r.id = m.repo_id WHERE r.name=? AND m.digest=?"
+            )
+        else:
+            sql = (
+                "SELECT m.digest, m.media_type, m.size, m.payload FROM tags t "
+                "JOIN repositories r ON r.id = t.repo_id "
+                "JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest "
+                "WHERE r.name=? AND t.name=?"
+            )
+        row = await self._one(sql, (repo, reference))
+        return ManifestRecord(row[0], row[1], row[2], row[3]) if row else None
+
+    async def delete_tag(self, repo: str, tag: str) -> str | None:
+        """Remove a tag; return the digest it pointed to, or None if there was no such tag."""
+        repo_id = await self.repo_id(repo)
+        if repo_id is None:
+            return None
+        async with self.tx() as db:
+            row = await self._one(
+                "SELECT digest FROM tags WHERE repo_id=? AND name=?", (repo_id, tag)
+            )
+            if not row:
+                return None
+            await db.execute("DELETE FROM tags WHERE repo_id=? AND name=?", (repo_id, tag))
+            return row[0]
+
+    async def delete_manifest(self, repo: str, digest: str) -> tuple[str, int] | None:
+        """Remove a manifest and every tag on it; return (media type, size) or None."""
+        repo_id = await self.repo_id(repo)
+        if repo_id is None:
+            return None
+        async with self.tx() as db:
+            row = await self._one(
+                "SELECT media_type, size FROM manifests WHERE repo_id=? AND digest=?",
+                (repo_id, digest),
+            )
+            if not row:
+                return None
+            await db.execute("DELETE FROM tags WHERE repo_id=? AND digest=?", (repo_id, digest))
+            await db.execute(
+                "DELETE FROM manifest_refs WHERE repo_id=? AND manifest=?", (repo_id, digest)
+            )
+            await db.execute(
+                "DELETE FROM manifests WHERE repo_id=? AND digest=?", (repo_id, digest)
+            )
+            await db.execute(
+                "DELETE FROM repo_blobs WHERE repo_id=? AND digest=?", (repo_id, digest)
+            )
+            return row[0], row[1]
+
+    async def tags(self, repo: str, n: int | None, last: str | None) -> list[str]:
+        repo_id = await self.repo_id(repo)
+        if repo_id is None:
+            return []
+        sql = "SELECT name FROM tags WHERE repo_id=?"
+        args: list[Any] = [repo_id]
+        if last is not None:
+            sql += " AND name > ?"
+            args.append(last)
+        sql += " ORDER BY name"
+        if n is not None:
+            sql += " LIMIT ?"
+            args.append(n)
+        return [r[0] for r in await self._all(sql, args)]
+
+    async def referrers(self, repo: str, subject: str) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT m.media_type, m.size, m.digest, m.artifact_type, m.annotations "
+            "FROM manifests m JOIN repositories r ON r.id = m.repo_id "
+            "WHERE r.name=? AND m.subject=? ORDER BY m.created_at, m.digest",
+            (repo, subject),
+        )
+        out = []
+        for media_type, size, digest, artifact_type, notes in rows:
+            d: dict[str, Any] = {"mediaType": media_type, "size": size, "digest": digest}
+            if artifact_type:
+                d["artifactType"] = artifact_type
+            if notes:
+                d["annotations"] = json.loads(notes)
+            out.append(d)
+        return out
+
+    # Upload sessions
+
+    async def create_upload(
+        self, repo: str, upload_id: str, algorithm: str, driver: dict[str, Any], owner: str | None
+    ) -> None:
+        now = time.time()
+        async with self.tx() as db:
+            repo_id = await self.ensure_repo(db, repo)
+            await db.execute(
+                "INSERT INTO uploads(id, repo_id, algorithm, offset, driver, owner, created_at, "
+                "updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                (upload_id, repo_id, algorithm, 0, json.dumps(driver), owner, now, now),
+            )
+        self._repo_ids.setdefault(repo, repo_id)
+
+    async def get_upload(self, repo: str, upload_id: str) -> UploadRecord | None:
+        row = await self._one(
+            "SELECT u.id, r.name, u.algorithm, u.offset, u.driver, u.owner, u.created_at, "
+            "u.updated_at FROM uploads u JOIN repositories r ON r.id = u.repo_id "
+            "WHERE u.id=? AND r.name=?",
+            (upload_id, repo),
+        )
+        if not row:
+            return None
+        return UploadRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), *row[5:])
+
+    async def update_upload(self, upload_id: str, offset: int, driver: dict[str, Any]) -> None:
+        async with self.tx() as db:
+            await db.execute(
+                "UPDATE uploads SET offset=?, driver=?, updated_at=? WHERE id=?",
+                (offset, json.dumps(driver), time.time(), upload_id),
+            )
+
+    async def delete_upload(self, upload_id: str) -> None:
+        async with self.tx() as db:
+            await db.execute("DELETE FROM uploads WHERE id=?", (upload_id,))
+
+    async def uploads(self) -> list[UploadRecord]:
+        rows = await self._all(
+            "SELECT u.id, r.name, u.algorithm, u.offset, u.driver, u.owner, u.created_at, "
+            "u.updated_at FROM uploads u JOIN repositories r ON r.id = u.repo_id"
+        )
+        return [UploadRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), *r[5:]) for r in rows]

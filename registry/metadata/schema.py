@@ -1,0 +1,113 @@
+"""SQLite schemas with versioned migrations (PRAGMA user_version counts applied steps)."""
+
+from __future__ import annotations
+
+import aiosqlite
+
+# Per-customer database: everything one customer owns. One customer's load, corruption or
+# deletion never touches another's.
+CUSTOMER_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE repositories (
+        id INTEGER PRIMARY KEY,
+        name TEXT UNIQUE NOT NULL,
+        created_at REAL NOT NULL
+    );
+    -- Blobs this customer holds (in at least one repository, or mid-GC).
+    CREATE TABLE blobs (
+        digest TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE repo_blobs (
+        repo_id INTEGER NOT NULL REFERENCES repositories(id),
+        digest TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (repo_id, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX repo_blobs_digest ON repo_blobs(digest);
+    CREATE TABLE manifests (
+        repo_id INTEGER NOT NULL REFERENCES repositories(id),
+        digest TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        artifact_type TEXT,
+        subject TEXT,
+        annotations TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (repo_id, digest)
+    );
+    CREATE INDEX manifests_subject ON manifests(repo_id, subject);
+    -- What a manifest references: kind is 'blob', 'manifest' (index children) or 'subject'.
+    CREATE TABLE manifest_refs (
+        repo_id INTEGER NOT NULL,
+        manifest TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        PRIMARY KEY (repo_id, manifest, ref, kind)
+    ) WITHOUT ROWID;
+    CREATE INDEX manifest_refs_ref ON manifest_refs(repo_id, ref);
+    CREATE TABLE tags (
+        repo_id INTEGER NOT NULL REFERENCES repositories(id),
+        name TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (repo_id, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX tags_digest ON tags(repo_id, digest);
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY,
+        repo_id INTEGER NOT NULL REFERENCES repositories(id),
+        algorithm TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        driver TEXT NOT NULL,
+        owner TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+]
+
+# The global blob index: which stored object holds each digest. Shared by every customer; it
+# is what garbage collection sweeps against.
+INDEX_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE blobs (
+        digest TEXT PRIMARY KEY,
+        key TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+async def migrate(db: aiosqlite.Connection, migrations: list[str]) -> None:
+    """Apply missing steps; the version is read under the write lock so that several worker
+    processes opening one database at once migrate it exactly once."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        async with db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = row[0] if row else 0
+        for step, script in enumerate(migrations[version:], start=version + 1):
+            # Scripts hold no semicolons inside statements, so a split is exact.
+            for statement in script.split(";"):
+                if statement.strip():
+                    await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {step}")
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+
+
+async def connect(path: str, migrations: list[str]) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA busy_timeout=10000")
+    await db.execute("PRAGMA foreign_keys=ON")
+    await migrate(db, migrations)
+    return db

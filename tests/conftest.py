@@ -1,0 +1,55 @@
+"""Shared fixtures: a real dockyard server, a private dockerd, test images."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.dockerd import DockerDaemon
+from tests.support.server import DockyardServer
+
+
+@pytest.fixture
+def dockyard(tmp_path: Path) -> Iterator[DockyardServer]:
+    """A `dockyard serve` subprocess with a fresh data directory and default config."""
+    with DockyardServer(tmp_path / "data") as server:
+        yield server
+
+
+@pytest.fixture
+def dockyard_url(dockyard: DockyardServer) -> str:
+    return dockyard.url
+
+
+@pytest.fixture
+def dockyard_factory(tmp_path: Path) -> Iterator:
+    """Start servers with a given TOML config: `dockyard_factory(config_text, name="data")`."""
+    started: list[DockyardServer] = []
+
+    def start(config_text: str = "", name: str = "data", env: dict | None = None) -> DockyardServer:
+        server = DockyardServer(tmp_path / name, config_text, env).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerDaemon]:
+    """One private Docker Engine for the session."""
+    # A short path: the daemon's unix socket path must stay under 108 bytes.
+    daemon = DockerDaemon(Path(tempfile.mkdtemp(prefix="dy-dockerd-", dir="/tmp")))
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def busybox(dockerd: DockerDaemon) -> str:
+    """A base image made from Debian's busybox-static (nothing is pulled from the internet)."""
+    return dockerd.import_busybox("dy-busybox:latest")
