@@ -1,0 +1,48 @@
+"""The token service alone, as its own aiohttp application (`dockyard auth serve`).
+
+A registry on another host then verifies tokens with the keys from `/auth/jwks.json` (or the PEM
+files) and points its challenge at this service with `[auth] realm`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from auth.challenge import JWKS_PATH, TOKEN_PATH
+from auth.config import AuthSettings
+from auth.service import Auth, create_auth
+
+AUTH_KEY = web.AppKey("dockyard_auth", Auth)
+
+
+def make_token_app(settings: AuthSettings, default_customer: str = "library") -> web.Application:
+    app = web.Application()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        auth = await create_auth(settings, default_customer)
+        app[AUTH_KEY] = auth
+        yield
+        await auth.close()
+
+    app.cleanup_ctx.append(lifecycle)
+
+    # Routes are fixed before startup, the Auth object only exists after it: delegate.
+    async def get_token(request: web.Request) -> web.StreamResponse:
+        return await request.app[AUTH_KEY].endpoint.get_token(request)
+
+    async def post_token(request: web.Request) -> web.StreamResponse:
+        return await request.app[AUTH_KEY].endpoint.post_token(request)
+
+    async def jwks(request: web.Request) -> web.StreamResponse:
+        return await request.app[AUTH_KEY].endpoint.jwks(request)
+
+    async def healthz(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    app.router.add_get(TOKEN_PATH, get_token)
+    app.router.add_post(TOKEN_PATH, post_token)
+    app.router.add_get(JWKS_PATH, jwks)
+    app.router.add_get("/healthz", healthz)
+    return app
