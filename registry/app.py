@@ -18,7 +18,7 @@ from .errors import (
     error_response,
 )
 from .handlers import blobs, discovery, manifests, uploads
-from .handlers.base import REGISTRY
+from .handlers.base import REGISTRY, REQUEST_ID
 from .metadata import MetadataStore
 from .service import Registry
 from .storage import StorageError, make_store
@@ -30,7 +30,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request["request_id"] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request[REQUEST_ID] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     try:
         return await handler(request)
     except RegistryError as err:
@@ -54,8 +54,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def _stamp(request: web.Request, response: web.StreamResponse) -> None:
     if request.path.startswith("/v2"):
         response.headers.update(API_VERSION_HEADER)
-    if "request_id" in request:
-        response.headers["X-Request-Id"] = request["request_id"]
+    if REQUEST_ID in request:
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
 
 
 async def api_base(request: web.Request) -> web.StreamResponse:

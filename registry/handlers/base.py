@@ -13,6 +13,7 @@ from ..reference import check_name
 from ..service import Origin, Registry
 
 REGISTRY = web.AppKey("registry", Registry)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)$")
 READ_BLOCK = 1 << 18
@@ -30,7 +31,7 @@ def origin(request: web.Request) -> Origin:
     access = request.get("access")
     peer = request.remote or ""
     return Origin(
-        request_id=request.get("request_id", ""),
+        request_id=request.get(REQUEST_ID, ""),
         addr=peer,
         host=request.host,
         method=request.method,

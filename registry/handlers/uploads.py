@@ -18,9 +18,9 @@ def _session_headers(name: str, rec: UploadRecord, min_chunk: int) -> dict[str, 
         "Location": upload_location(name, rec.id),
         "Range": upload_range(rec.offset),
         "Docker-Upload-UUID": rec.id,
+        # spec: end-4a — advertised always; 0 means any chunk size is taken without buffering.
+        "OCI-Chunk-Min-Length": str(min_chunk),
     }
-    if min_chunk:
-        headers["OCI-Chunk-Min-Length"] = str(min_chunk)
     return headers
 
 
