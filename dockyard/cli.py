@@ -9,6 +9,8 @@ import sys
 
 from aiohttp import web
 
+from auth import cli as auth_cli
+from auth.config import AuthSettings
 from registry.config import Config, ConfigError, load_config
 
 
@@ -70,6 +72,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def auth_settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str]:
+    config = config_from(args)
+    return AuthSettings.from_dict(config.section("auth"), config.data_dir), (
+        config.registry.default_customer
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dockyard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow listening on a non-loopback address without authentication",
     )
     serve.set_defaults(func=cmd_serve)
+    auth_cli.register(sub, auth_settings_for)
     return parser
 
 

@@ -33,7 +33,7 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 @pytest.fixture
 async def client(aiohttp_client, tmp_path: Path) -> TestClient:
-    return await aiohttp_client(build_app(load_config(None, data_dir=tmp_path / "data")))
+    return await aiohttp_client(await build_app(load_config(None, data_dir=tmp_path / "data")))
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ async def test_delete_blob(client: TestClient) -> None:
 async def test_deletion_disabled_is_405(aiohttp_client, tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[registry]\ndelete_enabled = false\n")
-    client = await aiohttp_client(build_app(load_config(cfg, data_dir=tmp_path / "d")))
+    client = await aiohttp_client(await build_app(load_config(cfg, data_dir=tmp_path / "d")))
     digest, _ = await push_image(client, "acme/web", "v1", [b"l"])
     for url in (
         f"/v2/acme/web/blobs/{sha256(b'l')}",
