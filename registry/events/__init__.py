@@ -1,0 +1,52 @@
+"""Registry events: a durable outbox, signed webhook delivery and an in-process subscription.
+
+Wiring (the composition root does this once per process)::
+
+    outbox = await open_events(data_dir, settings, source_addr="host:5000", instance_id=uuid)
+    await outbox.start()                 # dispatcher: delivers to the configured endpoints
+    ...
+    await outbox.publish(RegistryEvent(...))   # before answering the push
+    ...
+    await outbox.close()                 # on shutdown
+
+See README.md in this folder for the envelope, the signature and the operations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from registry.events.config import ConfigError, EndpointConfig, NotificationSettings
+from registry.events.envelope import EnvelopeError, parse_envelope
+from registry.events.model import RegistryEvent, RequestRecord
+from registry.events.outbox import EventOutbox
+
+__all__ = [
+    "ConfigError",
+    "EndpointConfig",
+    "EnvelopeError",
+    "EventOutbox",
+    "NotificationSettings",
+    "RegistryEvent",
+    "RequestRecord",
+    "open_events",
+    "parse_envelope",
+]
+
+
+async def open_events(
+    data_dir: Path,
+    settings: NotificationSettings,
+    *,
+    source_addr: str,
+    instance_id: str,
+) -> EventOutbox:
+    """Open (creating and migrating) `data_dir/events/events.db`; the dispatcher is not started.
+
+    `source_addr` and `instance_id` fill every event's `source` record (spec:
+    distribution-notifications.md, "Events"): the address this registry is reached at and an id
+    for this process.
+    """
+    return await EventOutbox.open(
+        Path(data_dir), settings, source_addr=source_addr, instance_id=instance_id
+    )

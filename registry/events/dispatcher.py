@@ -1,0 +1,281 @@
+"""Delivers outbox rows to HTTP endpoints: at least once, in order per (endpoint, repository).
+
+Each (endpoint, repository) pair is a queue; only its oldest open delivery (its head) may be
+attempted, so one repository's events arrive in publish order while a failing repository only
+holds up itself, and only until its head is delivered or dead-lettered after `max_attempts`.
+
+A process claims a head by writing a lease (`lease_until`) in the same `BEGIN IMMEDIATE`
+transaction that selected it, so of several server processes sharing a data directory exactly one
+makes a given attempt. A lease outlives a killed process only until it expires (the endpoint's
+timeout plus a margin); then any process retries the row: at least once, never zero times.
+
+Retries back off exponentially (`backoff`, doubling, capped at `max_backoff`) with multiplicative
+jitter, and honour a `Retry-After` header within that cap. Any final (after redirects) status below
+400 counts as delivered, as with the reference registry (spec: distribution-notifications.md,
+"Responses"); anything else, or no answer, is a failed attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import aiosqlite
+from multidict import CIMultiDict
+
+from registry.events.config import EndpointConfig
+from registry.events.envelope import (
+    CLOUDEVENTS_MEDIA_TYPE,
+    ENVELOPE_MEDIA_TYPE,
+    cloudevent,
+    encode,
+    envelope,
+)
+from registry.events.signing import SIGNATURE_HEADER, sign
+
+if TYPE_CHECKING:
+    from registry.events.outbox import EventOutbox
+
+log = logging.getLogger(__name__)
+
+LEASE_MARGIN = 2.0  # seconds a lease outlasts the endpoint timeout
+PRUNE_INTERVAL = 600.0
+USER_AGENT = "dockyard-notifications/1"
+EVENT_ID_HEADER = "Dockyard-Event-Id"
+ATTEMPT_HEADER = "Dockyard-Delivery-Attempt"
+MAX_ERROR_LENGTH = 500
+
+
+def backoff_delay(endpoint: EndpointConfig, failures: int, rng: random.Random) -> float:
+    """Delay after the `failures`-th consecutive failed attempt (1-based)."""
+    base = min(endpoint.max_backoff, endpoint.backoff * 2 ** min(failures - 1, 60))
+    jittered = base * rng.uniform(1 - endpoint.jitter, 1 + endpoint.jitter)
+    return min(endpoint.max_backoff, jittered)
+
+
+def render(endpoint: EndpointConfig, event: dict[str, Any], kind: str) -> tuple[bytes, str]:
+    """The request body and its content type for `endpoint`'s format."""
+    if endpoint.format == "cloudevents":
+        return encode(cloudevent(event, kind=kind)), CLOUDEVENTS_MEDIA_TYPE
+    return encode(envelope([event])), ENVELOPE_MEDIA_TYPE
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date form: ignored, our own backoff applies
+
+
+class Dispatcher:
+    def __init__(self, outbox: EventOutbox) -> None:
+        self.outbox = outbox
+        self.settings = outbox.settings
+        self._rng = random.Random()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._last_prune = 0.0
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+        )
+        self._task = asyncio.create_task(self._run(), name="events-dispatcher")
+
+    async def close(self, grace: float) -> None:
+        self._stopping = True
+        self.outbox.published.notify()
+        if self._task is not None:
+            with suppress(asyncio.CancelledError):
+                await self._task
+        if self._inflight:
+            _done, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        names = [e.name for e in self.settings.endpoints if not e.disabled]
+        while not self._stopping:
+            try:
+                delay = await self._step(names)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A locked or briefly unavailable database must not end delivery for good.
+                log.exception("events dispatcher: step failed; retrying")
+                delay = self.settings.poll_interval
+            if self._stopping:
+                break
+            await self.outbox.published.wait(delay)
+
+    async def _step(self, names: list[str]) -> float:
+        now = time.time()
+        if now - self._last_prune > PRUNE_INTERVAL:
+            self._last_prune = now
+            await self.outbox.prune()
+        if not names:
+            return self.settings.poll_interval
+        free = self.settings.concurrency - len(self._inflight)
+        if free > 0:
+            for row in await self._claim(names, free):
+                task = asyncio.create_task(self._deliver(row))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+        return await self._next_due(names, self.settings.poll_interval)
+
+    async def _claim(self, names: list[str], limit: int) -> list[aiosqlite.Row]:
+        now = time.time()
+        marks = ",".join("?" * len(names))
+        claimed: list[aiosqlite.Row] = []
+        async with self.outbox.transaction() as db:
+            # Heads of every open (endpoint, repository) queue that are due and not leased.
+            async with db.execute(
+                "SELECT d.id, d.endpoint, d.attempts, e.id AS event_id, e.kind, e.body"
+                " FROM (SELECT endpoint, repository, MIN(event_seq) AS head FROM deliveries"
+                f"       WHERE status IN ('pending', 'failed') AND endpoint IN ({marks})"
+                "       GROUP BY endpoint, repository) h"
+                " JOIN deliveries d ON d.endpoint = h.endpoint AND d.event_seq = h.head"
+                " JOIN events e ON e.seq = d.event_seq"
+                " WHERE d.next_attempt <= ? AND d.lease_until <= ?"
+                " ORDER BY d.next_attempt, d.event_seq LIMIT ?",
+                (*names, now, now, limit),
+            ) as cur:
+                rows = await cur.fetchall()
+            for row in rows:
+                endpoint = self.settings.endpoint(row["endpoint"])
+                assert endpoint is not None
+                cur = await db.execute(
+                    "UPDATE deliveries SET lease_owner = ?, lease_until = ?"
+                    " WHERE id = ? AND lease_until <= ? AND status IN ('pending', 'failed')",
+                    (self.outbox.owner, now + endpoint.timeout + LEASE_MARGIN, row["id"], now),
+                )
+                if cur.rowcount == 1:
+                    claimed.append(row)
+        return claimed
+
+    async def _next_due(self, names: list[str], cap: float) -> float:
+        now = time.time()
+        marks = ",".join("?" * len(names))
+        async with (
+            self.outbox.reading() as db,
+            db.execute(
+                "SELECT MIN(MAX(next_attempt, lease_until)) FROM deliveries"
+                f" WHERE status IN ('pending', 'failed') AND endpoint IN ({marks})"
+                " AND MAX(next_attempt, lease_until) > ?",
+                (*names, now),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        due = row[0] if row else None
+        if due is None:
+            return cap
+        return max(0.0, min(cap, due - now))
+
+    async def _deliver(self, row: aiosqlite.Row) -> None:
+        endpoint = self.settings.endpoint(row["endpoint"])
+        assert endpoint is not None and self._session is not None
+        attempt = row["attempts"] + 1
+        event = json.loads(row["body"])
+        body, content_type = render(endpoint, event, row["kind"])
+        headers: CIMultiDict[str] = CIMultiDict(endpoint.headers)
+        headers["Content-Type"] = content_type
+        headers[EVENT_ID_HEADER] = row["event_id"]
+        headers[ATTEMPT_HEADER] = str(attempt)
+        if endpoint.secrets:
+            # Signed per attempt: the timestamp is when this request was made.
+            headers[SIGNATURE_HEADER] = sign(endpoint.secrets, body)
+        started = time.time()
+        t0 = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        retry_after: float | None = None
+        try:
+            async with self._session.post(
+                endpoint.url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=endpoint.timeout),
+            ) as resp:
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                # Drain a little so the connection can be reused; the answer's body is unused.
+                await resp.content.read(65536)
+            if status >= 400:
+                error = f"HTTP {status} {resp.reason or ''}".strip()
+        except asyncio.CancelledError:
+            raise  # close(): the lease is released by the outbox
+        except TimeoutError:
+            error = f"timeout after {endpoint.timeout:g}s"
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        duration = time.monotonic() - t0
+        if error is None:
+            new_status, next_attempt = "delivered", started
+        elif attempt >= endpoint.max_attempts:
+            new_status, next_attempt = "dead", started
+            log.warning(
+                "events: %s to %s dead after %d attempts: %s",
+                row["event_id"],
+                endpoint.name,
+                attempt,
+                error,
+            )
+        else:
+            delay = backoff_delay(endpoint, attempt, self._rng)
+            if retry_after is not None:
+                delay = min(endpoint.max_backoff, max(delay, retry_after))
+            new_status, next_attempt = "failed", time.time() + delay
+        try:
+            await self._record(row, new_status, next_attempt, status, error, started, duration)
+        except Exception:
+            # The lease expires and the attempt is repeated: a duplicate, never a loss.
+            log.exception("events: could not record attempt of %s", row["event_id"])
+        self.outbox.published.notify()
+
+    async def _record(
+        self,
+        row: aiosqlite.Row,
+        new_status: str,
+        next_attempt: float,
+        status: int | None,
+        error: str | None,
+        started: float,
+        duration: float,
+    ) -> None:
+        if error is not None and len(error) > MAX_ERROR_LENGTH:
+            error = error[:MAX_ERROR_LENGTH] + "…"
+        async with self.outbox.transaction() as db:
+            await db.execute(
+                "INSERT INTO attempts (delivery_id, started, duration, status_code, error, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (row["id"], started, duration, status, error, self.outbox.owner),
+            )
+            # Only while we still hold the lease: a replay or another process may have moved on.
+            await db.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt = ?,"
+                " lease_owner = NULL, lease_until = 0, last_status = ?, last_error = ?,"
+                " updated = ? WHERE id = ? AND lease_owner = ?",
+                (
+                    new_status,
+                    next_attempt,
+                    status,
+                    error,
+                    time.time(),
+                    row["id"],
+                    self.outbox.owner,
+                ),
+            )
