@@ -629,9 +629,7 @@ def test_cli_list_show_replay(tmp_path: Path) -> None:
 
     ids = asyncio.run(seed())
     parser = argparse.ArgumentParser(prog="dockyard")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", type=Path)
-    register(parser.add_subparsers(dest="command"), lambda a: (a.data, settings), parents=[common])
+    register(parser.add_subparsers(dest="command"), lambda a: (Path(a.data), settings))
 
     def run(*argv: str) -> tuple[int, str, str]:
         args = parser.parse_args([*argv, "--data", str(tmp_path)])
@@ -657,3 +655,25 @@ def test_cli_list_show_replay(tmp_path: Path) -> None:
     assert code == 2 and "--since" in err
     code, out, _ = run("events", "stats")
     assert json.loads(out)["endpoints"]["ci"]["pending"] == 2
+
+    # A composition root may hand in its own `--config/--data` parser instead.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", type=Path)
+    other = argparse.ArgumentParser(prog="dockyard")
+    register(other.add_subparsers(dest="command"), lambda a: (a.data, settings), parents=[common])
+    args = other.parse_args(["events", "list", "--json", "--data", str(tmp_path)])
+    out_buf = io.StringIO()
+    with contextlib.redirect_stdout(out_buf):
+        assert args.func(args) == 0
+    assert len(json.loads(out_buf.getvalue())) == 2
+
+    def broken(_: argparse.Namespace) -> tuple[Path, NotificationSettings]:
+        return tmp_path, NotificationSettings.from_dict({"endpoints": [{"name": "x"}]})
+
+    bad = argparse.ArgumentParser(prog="dockyard")
+    register(bad.add_subparsers(dest="command"), broken)
+    args = bad.parse_args(["events", "stats"])
+    err_buf = io.StringIO()
+    with contextlib.redirect_stderr(err_buf):
+        assert args.func(args) == 2
+    assert "url" in err_buf.getvalue()

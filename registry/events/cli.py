@@ -38,14 +38,28 @@ def register(
 ) -> argparse.ArgumentParser:
     """Add the `events` command to `subparsers` (from `ArgumentParser.add_subparsers()`).
 
-    `parents` are added to every leaf subcommand (e.g. a parser holding `--config/--data`).
+    Every leaf subcommand takes `--config FILE` and `--data DIR` (absent ones are None when
+    `settings_for` is called), unless `parents` is given: then those parsers are added to every
+    leaf instead.
     """
-    events = subparsers.add_parser(
-        "events", help="webhook deliveries: list, show, replay, stats", parents=list(parents)
-    )
+    events = subparsers.add_parser("events", help="webhook deliveries: list, show, replay, stats")
     commands = events.add_subparsers(dest="events_command", metavar="COMMAND", required=True)
 
-    p_list = commands.add_parser("list", help="list deliveries", parents=list(parents))
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = commands.add_parser(
+            name, help=help_text, description=help_text, parents=list(parents)
+        )
+        if not parents:
+            # SUPPRESS: a value given before the subcommand is not overwritten by the default.
+            parser.add_argument(
+                "--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML configuration"
+            )
+            parser.add_argument(
+                "--data", metavar="DIR", default=argparse.SUPPRESS, help="data directory"
+            )
+        return parser
+
+    p_list = add("list", "list deliveries")
     p_list.add_argument("--endpoint", help="only deliveries to this endpoint")
     p_list.add_argument("--status", choices=STATUSES, help="only deliveries in this state")
     p_list.add_argument("--event", help="only deliveries of this event id")
@@ -54,24 +68,18 @@ def register(
     p_list.add_argument("--json", action="store_true", help="print JSON")
     p_list.set_defaults(func=lambda args: _run(settings_for, args, _list))
 
-    p_show = commands.add_parser(
-        "show", help="an event and its delivery log", parents=list(parents)
-    )
+    p_show = add("show", "an event and its delivery log")
     p_show.add_argument("event_id", metavar="ID")
     p_show.add_argument("--json", action="store_true", help="print JSON")
     p_show.set_defaults(func=lambda args: _run(settings_for, args, _show))
 
-    p_replay = commands.add_parser(
-        "replay",
-        help="deliver an event again, or everything since T to an endpoint",
-        parents=list(parents),
-    )
+    p_replay = add("replay", "deliver an event again, or everything since T to an endpoint")
     p_replay.add_argument("event_id", metavar="ID", nargs="?")
     p_replay.add_argument("--endpoint", help="endpoint to deliver to")
     p_replay.add_argument("--since", help="unix time, ISO 8601, or a duration ago (2h)")
     p_replay.set_defaults(func=lambda args: _run(settings_for, args, _replay))
 
-    p_stats = commands.add_parser("stats", help="queue depth and failures", parents=list(parents))
+    p_stats = add("stats", "queue depth, outcomes and failed attempts per endpoint")
     p_stats.set_defaults(func=lambda args: _run(settings_for, args, _stats))
     return events
 
@@ -80,7 +88,14 @@ Command = Callable[[EventOutbox, argparse.Namespace, TextIO], Any]
 
 
 def _run(settings_for: SettingsFor, args: argparse.Namespace, command: Command) -> int:
-    data_dir, settings = settings_for(args)
+    for option in ("config", "data"):
+        if not hasattr(args, option):
+            setattr(args, option, None)
+    try:
+        data_dir, settings = settings_for(args)
+    except ValueError as exc:  # includes the notifications section's ConfigError
+        print(f"dockyard events: {exc}", file=sys.stderr)
+        return 2
 
     async def main() -> int:
         outbox = await EventOutbox.open(

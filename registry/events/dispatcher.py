@@ -189,21 +189,20 @@ class Dispatcher:
         endpoint = self.settings.endpoint(row["endpoint"])
         assert endpoint is not None and self._session is not None
         attempt = row["attempts"] + 1
-        event = json.loads(row["body"])
-        body, content_type = render(endpoint, event, row["kind"])
-        headers: CIMultiDict[str] = CIMultiDict(endpoint.headers)
-        headers["Content-Type"] = content_type
-        headers[EVENT_ID_HEADER] = row["event_id"]
-        headers[ATTEMPT_HEADER] = str(attempt)
-        if endpoint.secrets:
-            # Signed per attempt: the timestamp is when this request was made.
-            headers[SIGNATURE_HEADER] = sign(endpoint.secrets, body)
         started = time.time()
         t0 = time.monotonic()
         status: int | None = None
         error: str | None = None
         retry_after: float | None = None
         try:
+            body, content_type = render(endpoint, json.loads(row["body"]), row["kind"])
+            headers: CIMultiDict[str] = CIMultiDict(endpoint.headers)
+            headers["Content-Type"] = content_type
+            headers[EVENT_ID_HEADER] = row["event_id"]
+            headers[ATTEMPT_HEADER] = str(attempt)
+            if endpoint.secrets:
+                # Signed per attempt: the timestamp is when this request was made.
+                headers[SIGNATURE_HEADER] = sign(endpoint.secrets, body)
             async with self._session.post(
                 endpoint.url,
                 data=body,
@@ -222,6 +221,10 @@ class Dispatcher:
             error = f"timeout after {endpoint.timeout:g}s"
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            # Whatever it is, it is recorded and retried like a failed request, not lost.
+            log.exception("events: delivering %s failed unexpectedly", row["event_id"])
+            error = f"internal error: {type(exc).__name__}: {exc}"
         duration = time.monotonic() - t0
         if error is None:
             new_status, next_attempt = "delivered", started
