@@ -9,6 +9,12 @@ from auth.service import create_auth
 from registry.app import make_registry, setup_registry
 from registry.authz import make_auth_middleware
 from registry.config import Config
+from registry.gc import InUseHook
+
+
+def gc_hooks(config: Config) -> list[InUseHook]:
+    """What other parts mark in use for GC (the launcher's running and rollback images)."""
+    return []
 
 
 def auth_settings(config: Config) -> AuthSettings:

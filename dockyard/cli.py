@@ -13,6 +13,8 @@ from auth import cli as auth_cli
 from auth.config import AuthSettings
 from registry.config import Config, ConfigError, load_config
 
+from . import admin
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
     auth_cli.register(sub, auth_settings_for)
+    admin.register(sub, _common, config_from)
     return parser
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from .config import Config
+from .config import Config, quotas_of
 from .errors import (
     API_VERSION_HEADER,
     NameUnknown,
@@ -85,7 +85,13 @@ def add_routes(app: web.Application) -> None:
 
 def make_registry(config: Config) -> Registry:
     store = make_store(config.storage, config.data_dir)
-    return Registry(config.registry, store, MetadataStore(config.data_dir))
+    return Registry(
+        config.registry,
+        store,
+        MetadataStore(config.data_dir),
+        gc=config.gc,
+        quotas=quotas_of(config),
+    )
 
 
 def setup_registry(app: web.Application, registry: Registry) -> None:

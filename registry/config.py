@@ -35,6 +35,8 @@ class StorageSettings:
     access_key: str | None = None
     secret_key: str | None = None
     create_bucket: bool = False
+    # Retries of a failed S3 request (botocore "standard" mode: exponential backoff with jitter).
+    max_retries: int = 3
 
 
 @dataclass
@@ -47,7 +49,19 @@ class RegistrySettings:
     customer_dedup: bool = True
 
 
+@dataclass
+class GcSettings:
+    # Anything written or relied on more recently than this is never collected; it also bounds
+    # how long a push may take between its blob uploads and its manifest PUT.
+    grace_seconds: float = 3600.0
+    # Untagged manifests older than this are collected; 0 keeps them forever.
+    untagged_age_seconds: float = 7 * 24 * 3600.0
+    # Run GC inside the server every N seconds; 0 leaves it to `dockyard gc`.
+    interval_seconds: float = 0.0
+
+
 SECTIONS: dict[str, type] = {
+    "gc": GcSettings,
     "http": HttpSettings,
     "storage": StorageSettings,
     "registry": RegistrySettings,
@@ -60,6 +74,7 @@ class Config:
     http: HttpSettings = field(default_factory=HttpSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
+    gc: GcSettings = field(default_factory=GcSettings)
     # Raw tables for the parts that parse their own settings.
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +85,40 @@ class Config:
 
 class ConfigError(ValueError):
     pass
+
+
+SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as "500MiB", "10GB", "1.5 GiB"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number) :]
+    if unit not in SIZE_UNITS or not number:
+        raise ConfigError(f"invalid size {value!r} (use bytes or e.g. 500MiB, 10GB)")
+    return int(float(number) * SIZE_UNITS[unit])
+
+
+def quotas_of(config: Config) -> dict[str, int]:
+    return {name: parse_size(v) for name, v in config.section("quotas").items()}
 
 
 def _coerce(value: str, target: Any) -> Any:

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .access import Access
-from .config import RegistrySettings
+from .config import GcSettings, RegistrySettings
 from .errors import (
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
+    Denied,
     DigestInvalid,
     ManifestBlobUnknown,
     ManifestInvalid,
@@ -32,6 +33,7 @@ from .errors import (
 )
 from .manifests import ParsedManifest, parse_manifest
 from .metadata import CustomerMeta, ManifestRecord, MetadataStore, NewManifest, UploadRecord
+from .metadata.customer import QuotaExceeded
 from .reference import ALGORITHMS, check_tag, customer_of, digest_of, is_digest, parse_digest
 from .storage import BlobSource, BlobStore, UploadState
 
@@ -90,10 +92,21 @@ def upload_range(offset: int) -> str:
 
 
 class Registry:
-    def __init__(self, settings: RegistrySettings, store: BlobStore, meta: MetadataStore) -> None:
+    def __init__(
+        self,
+        settings: RegistrySettings,
+        store: BlobStore,
+        meta: MetadataStore,
+        *,
+        gc: GcSettings | None = None,
+        quotas: dict[str, int] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.meta = meta
+        self.gc = gc or GcSettings()
+        # Quotas from the config file; one set with `dockyard quota` (in the customer's DB) wins.
+        self.quotas = quotas or {}
         self.listeners: list[Listener] = []
         # Upload id -> (offset, running hash). A miss (restart, another worker) re-hashes the
         # bytes already stored; hash state is never serialised.
@@ -122,18 +135,35 @@ class Registry:
         are never looked at, so their existence cannot show in status, body or timing.
         """
         meta = await self._meta(name)
-        size = await meta.repo_blob_size(name, digest)
-        if size is None and self.settings.customer_dedup:
-            for repo, held_size in await meta.repos_holding(digest):
+        found = await meta.repo_blob(name, digest)
+        holder = name
+        if found is None and self.settings.customer_dedup:
+            for repo, size, linked_at in await meta.repos_holding(digest):
                 if await access.can(repo, "pull"):
-                    size = held_size
+                    found, holder = (size, linked_at), repo
                     break
-        if size is None:
+        if found is None:
             return None
         located = await self.meta.index.lookup(digest)
         if located is None:
             return None
+        size, linked_at = found
+        if linked_at < time.time() - self.gc.grace_seconds / 2:
+            # The caller may now skip the upload: keep GC off this link for the push.
+            await meta.touch_link(holder, digest)
         return BlobInfo(digest, size, located[0])
+
+    async def quota(self, customer: str) -> int | None:
+        meta = await self.meta.customer(customer)
+        stored = await meta.quota()
+        return stored if stored is not None else self.quotas.get(customer)
+
+    def _quota_denied(self, exc: QuotaExceeded, customer: str) -> Denied:
+        return Denied(
+            f"storage quota of customer {customer} exceeded: the quota is {exc.quota} bytes, "
+            f"{exc.used} are used and this push needs {exc.added} more",
+            detail={"quota": exc.quota, "used": exc.used, "requested": exc.added},
+        )
 
     async def stat_blob(self, name: str, digest: str, access: Access) -> BlobInfo:
         parse_digest(digest)
@@ -163,15 +193,21 @@ class Registry:
             # Another customer's repository: only when the caller may pull it (e.g. public).
             if await access.can(from_name, "pull"):
                 other = await self._meta(from_name)
-                size = await other.repo_blob_size(from_name, digest)
-                located = await self.meta.index.lookup(digest) if size is not None else None
-                if size is not None and located:
-                    info = BlobInfo(digest, size, located[0])
+                held = await other.repo_blob(from_name, digest)
+                key = await self.meta.index.touch(digest) if held else None
+                if held and key:
+                    info = BlobInfo(digest, held[0], key)
         if info is None:
             info = await self.find_blob(name, digest, access)
         if info is None:
             return None
-        await (await self._meta(name)).link_blob(name, digest, info.size)
+        customer = self.customer(name)
+        try:
+            await (await self._meta(name)).link_blob(
+                name, digest, info.size, quota=await self.quota(customer)
+            )
+        except QuotaExceeded as exc:
+            raise self._quota_denied(exc, customer) from None
         return info
 
     # Uploads
@@ -296,21 +332,45 @@ class Registry:
 
     async def _commit(self, name: str, rec: UploadRecord, digest: str) -> BlobInfo:
         state = UploadState(rec.id, rec.offset, rec.driver)
-        key = await self.store.commit_upload(state, digest)
-        kept = await self.meta.index.add(digest, key, rec.offset)
-        if kept != key:
-            # Another upload of the same bytes (any customer) committed first: one copy stays.
-            await self.store.delete_blob(key)
-        await (await self._meta(name)).link_blob(name, digest, rec.offset, upload_id=rec.id)
+        customer = self.customer(name)
+        meta = await self._meta(name)
+        quota = await self.quota(customer)
+        if quota is not None:
+            # Refuse before the bytes become a blob; the session stays so nothing half-done shows.
+            try:
+                async with meta.tx() as db:
+                    await meta.check_quota(db, quota, [(digest, rec.offset)])
+            except QuotaExceeded as exc:
+                await self.cancel_upload_unlocked(name, rec)
+                raise self._quota_denied(exc, customer) from None
+        kept = await self._keep_one(
+            digest, await self.store.commit_upload(state, digest), rec.offset
+        )
+        try:
+            await meta.link_blob(name, digest, rec.offset, upload_id=rec.id, quota=quota)
+        except QuotaExceeded as exc:
+            # A concurrent push used the room first; the object stays for GC to sweep.
+            await meta.delete_upload(rec.id)
+            raise self._quota_denied(exc, customer) from None
         return BlobInfo(digest, rec.offset, kept)
+
+    async def _keep_one(self, digest: str, key: str, size: int) -> str:
+        """Record a freshly stored object for `digest`, or drop it when one is recorded already
+        (another upload of the same bytes, by any customer, committed first)."""
+        kept = await self.meta.index.add(digest, key, size)
+        if kept != key:
+            await self.store.delete_blob(key)
+        return kept
 
     async def cancel_upload(self, name: str, upload_id: str) -> None:
         async with self._lock(upload_id):
-            rec = await self.get_upload(name, upload_id)
-            await self.store.abort_upload(UploadState(rec.id, rec.offset, rec.driver))
-            await (await self._meta(name)).delete_upload(upload_id)
-            self._hashers.pop(upload_id, None)
+            await self.cancel_upload_unlocked(name, await self.get_upload(name, upload_id))
         self._upload_locks.pop(upload_id, None)
+
+    async def cancel_upload_unlocked(self, name: str, rec: UploadRecord) -> None:
+        await self.store.abort_upload(UploadState(rec.id, rec.offset, rec.driver))
+        await (await self._meta(name)).delete_upload(rec.id)
+        self._hashers.pop(rec.id, None)
 
     # Manifests
 
@@ -366,23 +426,23 @@ class Registry:
         if parsed.subject:
             refs.append((parsed.subject.digest, "subject"))
 
-        key = await self.store.put_blob(digest, payload)
-        await self.meta.index.add(digest, key, len(payload))
-        await meta.put_manifest(
-            name,
-            NewManifest(
-                digest=digest,
-                media_type=parsed.media_type,
-                payload=payload,
-                artifact_type=parsed.artifact_type,
-                subject=parsed.subject.digest if parsed.subject else None,
-                annotations=parsed.annotations,
-                refs=refs,
-                blobs=links,
-            ),
-            tags,
-        )
+        if await self.meta.index.touch(digest) is None:
+            await self._keep_one(digest, await self.store.put_blob(digest, payload), len(payload))
         customer = self.customer(name)
+        new = NewManifest(
+            digest=digest,
+            media_type=parsed.media_type,
+            payload=payload,
+            artifact_type=parsed.artifact_type,
+            subject=parsed.subject.digest if parsed.subject else None,
+            annotations=parsed.annotations,
+            refs=refs,
+            blobs=links,
+        )
+        try:
+            await meta.put_manifest(name, new, tags, quota=await self.quota(customer))
+        except QuotaExceeded as exc:
+            raise self._quota_denied(exc, customer) from None
         for tag in tags or [None]:
             await self._notify(
                 Change("push", customer, name, digest, parsed.media_type, len(payload), tag, origin)

@@ -47,6 +47,12 @@ class NewManifest:
     blobs: list[tuple[str, int]]
 
 
+class QuotaExceeded(Exception):
+    def __init__(self, quota: int, used: int, added: int) -> None:
+        super().__init__(f"quota {quota} bytes: {used} used, {added} more requested")
+        self.quota, self.used, self.added = quota, used, added
+
+
 class CustomerMeta:
     def __init__(self, name: str, db: aiosqlite.Connection) -> None:
         self.name = name
@@ -105,22 +111,91 @@ class CustomerMeta:
 
     # Blobs
 
-    async def repo_blob_size(self, repo: str, digest: str) -> int | None:
+    async def repo_blob(self, repo: str, digest: str) -> tuple[int, float] | None:
+        """(size, linked_at) of a blob linked into `repo`, or None."""
         row = await self._one(
-            "SELECT b.size FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id "
+            "SELECT b.size, rb.created_at FROM repo_blobs rb "
+            "JOIN repositories r ON r.id = rb.repo_id "
             "JOIN blobs b ON b.digest = rb.digest WHERE r.name=? AND rb.digest=?",
             (repo, digest),
         )
-        return row[0] if row else None
+        return (row[0], row[1]) if row else None
 
-    async def repos_holding(self, digest: str) -> list[tuple[str, int]]:
-        """Repositories of this customer that hold `digest`, with the blob's size."""
+    async def repos_holding(self, digest: str) -> list[tuple[str, int, float]]:
+        """Repositories of this customer that hold `digest`: (name, size, linked_at)."""
         rows = await self._all(
-            "SELECT r.name, b.size FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id "
+            "SELECT r.name, b.size, rb.created_at FROM repo_blobs rb "
+            "JOIN repositories r ON r.id = rb.repo_id "
             "JOIN blobs b ON b.digest = rb.digest WHERE rb.digest=? ORDER BY r.name",
             (digest,),
         )
-        return [(r[0], r[1]) for r in rows]
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def touch_link(self, repo: str, digest: str) -> None:
+        """Refresh a link the registry just relied on, so GC's grace period covers the push."""
+        repo_id = await self.repo_id(repo)
+        if repo_id is None:
+            return
+        async with self.tx() as db:
+            await db.execute(
+                "UPDATE repo_blobs SET created_at=? WHERE repo_id=? AND digest=?",
+                (time.time(), repo_id, digest),
+            )
+
+    # Quota and usage
+
+    async def quota(self) -> int | None:
+        row = await self._one("SELECT value FROM settings WHERE key='quota_bytes'")
+        return int(row[0]) if row else None
+
+    async def set_quota(self, quota: int | None) -> None:
+        async with self.tx() as db:
+            if quota is None:
+                await db.execute("DELETE FROM settings WHERE key='quota_bytes'")
+            else:
+                await db.execute(
+                    "INSERT INTO settings(key, value) VALUES ('quota_bytes', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (str(quota),),
+                )
+
+    async def check_quota(
+        self, db: aiosqlite.Connection, quota: int | None, new: list[tuple[str, int]]
+    ) -> None:
+        """Inside the write transaction: refuse blobs that would take the customer past quota."""
+        if quota is None or not new:
+            return
+        added = 0
+        for digest, size in dict(new).items():
+            async with db.execute("SELECT 1 FROM blobs WHERE digest=?", (digest,)) as cur:
+                if await cur.fetchone() is None:
+                    added += size
+        if not added:
+            return
+        async with db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs") as cur:
+            row = await cur.fetchone()
+        used = row[0] if row else 0
+        if used + added > quota:
+            raise QuotaExceeded(quota, used, added)
+
+    async def usage(self) -> dict[str, int]:
+        one = self._one
+        return {
+            "logical_bytes": (await one("SELECT COALESCE(SUM(size),0) FROM blobs"))[0],
+            "blobs": (await one("SELECT COUNT(*) FROM blobs"))[0],
+            "repo_bytes": (
+                await one(
+                    "SELECT COALESCE(SUM(b.size),0) FROM repo_blobs rb "
+                    "JOIN blobs b ON b.digest = rb.digest"
+                )
+            )[0],
+            "repositories": (await one("SELECT COUNT(*) FROM repositories"))[0],
+            "manifests": (await one("SELECT COUNT(*) FROM manifests"))[0],
+            "tags": (await one("SELECT COUNT(*) FROM tags"))[0],
+        }
+
+    async def held_blobs(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in await self._all("SELECT digest, size FROM blobs")}
 
     @staticmethod
     async def _link(db: aiosqlite.Connection, repo_id: int, digest: str, size: int) -> None:
@@ -135,9 +210,15 @@ class CustomerMeta:
         )
 
     async def link_blob(
-        self, repo: str, digest: str, size: int, upload_id: str | None = None
+        self,
+        repo: str,
+        digest: str,
+        size: int,
+        upload_id: str | None = None,
+        quota: int | None = None,
     ) -> None:
         async with self.tx() as db:
+            await self.check_quota(db, quota, [(digest, size)])
             repo_id = await self.ensure_repo(db, repo)
             await self._link(db, repo_id, digest, size)
             if upload_id:
@@ -156,16 +237,21 @@ class CustomerMeta:
 
     # Manifests and tags
 
-    async def put_manifest(self, repo: str, m: NewManifest, tags: list[str]) -> None:
+    async def put_manifest(
+        self, repo: str, m: NewManifest, tags: list[str], quota: int | None = None
+    ) -> None:
         now = time.time()
         async with self.tx() as db:
+            await self.check_quota(db, quota, [*m.blobs, (m.digest, len(m.payload))])
             repo_id = await self.ensure_repo(db, repo)
             for digest, size in m.blobs:
                 await self._link(db, repo_id, digest, size)
             await self._link(db, repo_id, m.digest, len(m.payload))
+            # A re-push refreshes created_at: GC's age for untagged manifests starts again.
             await db.execute(
-                "INSERT OR IGNORE INTO manifests(repo_id, digest, media_type, size, payload, "
-                "artifact_type, subject, annotations, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO manifests(repo_id, digest, media_type, size, payload, "
+                "artifact_type, subject, annotations, created_at) VALUES (?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(repo_id, digest) DO UPDATE SET created_at=excluded.created_at",
                 (
                     repo_id,
                     m.digest,
@@ -182,6 +268,11 @@ class CustomerMeta:
                 "INSERT OR IGNORE INTO manifest_refs(repo_id, manifest, ref, kind) "
                 "VALUES (?,?,?,?)",
                 [(repo_id, m.digest, ref, kind) for ref, kind in m.refs],
+            )
+            # Children an index relies on are as fresh as the index for GC.
+            await db.executemany(
+                "UPDATE manifests SET created_at=? WHERE repo_id=? AND digest=?",
+                [(now, repo_id, ref) for ref, kind in m.refs if kind == "manifest"],
             )
             await db.executemany(
                 "INSERT INTO tags(repo_id, name, digest, updated_at) VALUES (?,?,?,?) "
@@ -286,6 +377,87 @@ class CustomerMeta:
                 d["annotations"] = json.loads(notes)
             out.append(d)
         return out
+
+    # Garbage collection (see registry/gc.py for why each delete re-checks its condition)
+
+    async def gc_graph(
+        self,
+    ) -> tuple[
+        dict[tuple[int, str], tuple[str, float]],
+        set[tuple[int, str]],
+        dict[tuple[int, str], list[tuple[int, str]]],
+        dict[tuple[int, str], list[tuple[int, str]]],
+    ]:
+        """Manifests (→ repository, created_at), tagged ones, index children and referrers."""
+        manifests = {
+            (r[0], r[1]): (r[2], r[3])
+            for r in await self._all(
+                "SELECT m.repo_id, m.digest, r.name, m.created_at FROM manifests m "
+                "JOIN repositories r ON r.id = m.repo_id"
+            )
+        }
+        tagged = {(r[0], r[1]) for r in await self._all("SELECT repo_id, digest FROM tags")}
+        children: dict[tuple[int, str], list[tuple[int, str]]] = {}
+        subjects: dict[tuple[int, str], list[tuple[int, str]]] = {}
+        for repo_id, manifest, ref, kind in await self._all(
+            "SELECT repo_id, manifest, ref, kind FROM manifest_refs WHERE kind != 'blob'"
+        ):
+            if kind == "manifest":
+                children.setdefault((repo_id, manifest), []).append((repo_id, ref))
+            else:
+                subjects.setdefault((repo_id, ref), []).append((repo_id, manifest))
+        return manifests, tagged, children, subjects
+
+    async def gc_delete_manifest(self, repo_id: int, digest: str, cutoff: float | None) -> bool:
+        """Delete an untagged, old manifest that no remaining index lists; True if deleted."""
+        async with self.tx() as db:
+            cur = await db.execute(
+                "DELETE FROM manifests WHERE repo_id=? AND digest=? AND created_at < ? "
+                "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id=? AND t.digest=?) "
+                "AND NOT EXISTS (SELECT 1 FROM manifest_refs mr WHERE mr.repo_id=? "
+                "AND mr.ref=? AND mr.kind='manifest')",
+                (repo_id, digest, cutoff or 0, repo_id, digest, repo_id, digest),
+            )
+            if cur.rowcount == 0:
+                return False
+            await db.execute(
+                "DELETE FROM manifest_refs WHERE repo_id=? AND manifest=?", (repo_id, digest)
+            )
+            return True
+
+    _UNREFERENCED_LINK = (
+        "created_at < ? AND NOT EXISTS (SELECT 1 FROM manifest_refs mr "
+        "WHERE mr.repo_id = repo_blobs.repo_id AND mr.ref = repo_blobs.digest) "
+        "AND NOT EXISTS (SELECT 1 FROM manifests m "
+        "WHERE m.repo_id = repo_blobs.repo_id AND m.digest = repo_blobs.digest)"
+    )
+    _UNLINKED_BLOB = (
+        "created_at < ? AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = blobs.digest)"
+    )
+
+    async def gc_unlink_unreferenced(self, cutoff: float, dry_run: bool) -> int:
+        """Remove old links of blobs no manifest in their repository references."""
+        if dry_run:
+            row = await self._one(
+                f"SELECT COUNT(*) FROM repo_blobs WHERE {self._UNREFERENCED_LINK}", (cutoff,)
+            )
+            return row[0]
+        async with self.tx() as db:
+            cur = await db.execute(
+                f"DELETE FROM repo_blobs WHERE {self._UNREFERENCED_LINK}", (cutoff,)
+            )
+            return cur.rowcount
+
+    async def gc_release_blobs(self, cutoff: float, dry_run: bool) -> int:
+        """Forget blobs no repository of this customer links any more."""
+        if dry_run:
+            row = await self._one(
+                f"SELECT COUNT(*) FROM blobs WHERE {self._UNLINKED_BLOB}", (cutoff,)
+            )
+            return row[0]
+        async with self.tx() as db:
+            cur = await db.execute(f"DELETE FROM blobs WHERE {self._UNLINKED_BLOB}", (cutoff,))
+            return cur.rowcount
 
     # Upload sessions
 

@@ -1,4 +1,9 @@
-"""The global blob index: digest → stored object key. One row per stored object."""
+"""The global blob index: digest → stored object key. One row per stored object.
+
+`used_at` is refreshed whenever a commit or a manifest push relies on the row; garbage
+collection only deletes rows whose `used_at` is older than its grace period, with the check
+inside the DELETE itself, so a concurrent commit can never lose its object.
+"""
 
 from __future__ import annotations
 
@@ -30,20 +35,35 @@ class BlobIndex:
     async def add(self, digest: str, key: str, size: int) -> str:
         """Record `key` for `digest` unless one is recorded; return the key that holds it.
 
-        A single INSERT OR IGNORE makes concurrent commits of one digest race-free without a
-        lock: the first recorded object wins and later copies are dropped by the caller.
+        One upsert makes concurrent commits of a digest race-free without a lock: the first
+        recorded object wins, later copies are dropped by the caller.
         """
-        await self.db.execute(
-            "INSERT OR IGNORE INTO blobs(digest, key, size, created_at) VALUES (?,?,?,?)",
+        async with self.db.execute(
+            "INSERT INTO blobs(digest, key, size, created_at) VALUES (?,?,?,?) "
+            "ON CONFLICT(digest) DO UPDATE SET created_at=excluded.created_at RETURNING key",
             (digest, key, size, time.time()),
-        )
-        found = await self.lookup(digest)
-        assert found is not None
-        return found[0]
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return row[0]
 
-    async def remove(self, digest: str) -> None:
-        await self.db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
+    async def touch(self, digest: str) -> str | None:
+        """Mark a recorded digest as in use now; return its key, or None if unknown."""
+        async with self.db.execute(
+            "UPDATE blobs SET created_at=? WHERE digest=? RETURNING key", (time.time(), digest)
+        ) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def remove_if_unused_since(self, digest: str, cutoff: float) -> str | None:
+        """Delete the row when nothing used it since `cutoff`; return the freed key."""
+        async with self.db.execute(
+            "DELETE FROM blobs WHERE digest=? AND created_at < ? RETURNING key, size",
+            (digest, cutoff),
+        ) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
 
     async def all(self) -> list[tuple[str, str, int, float]]:
         async with self.db.execute("SELECT digest, key, size, created_at FROM blobs") as cur:
-            return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+            return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]

@@ -67,6 +67,13 @@ CUSTOMER_MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE INDEX manifests_created ON manifests(created_at);
+    """,
 ]
 
 # The global blob index: which stored object holds each digest. Shared by every customer; it

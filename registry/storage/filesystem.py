@@ -1,13 +1,16 @@
-"""Filesystem driver: blobs under DATA/blobs/<alg>/<ab>/<hex>, uploads under DATA/uploads/<id>.
+"""Filesystem driver: blobs under DATA/blobs/<alg>/<ab>/<hex>.<n>, uploads under DATA/uploads/<id>.
 
 Commit is one atomic rename within a filesystem, so a crash never leaves a partial blob visible.
+Every commit gets its own object (the `.<n>` suffix): garbage collection may then delete an
+unreferenced object of a digest while a new upload of the same digest commits, without ever
+removing the new one. The global index keeps one object per digest and the rest are deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,7 @@ class FilesystemStore(BlobStore):
     @staticmethod
     def key_for(digest: str) -> str:
         algorithm, _, hexpart = digest.partition(":")
-        return f"{algorithm}/{hexpart[:2]}/{hexpart}"
+        return f"{algorithm}/{hexpart[:2]}/{hexpart}.{secrets.token_hex(6)}"
 
     async def init_upload(self, upload_id: str) -> dict[str, Any]:
         self._upload_path(upload_id).touch(exist_ok=False)
@@ -108,8 +111,10 @@ class FilesystemStore(BlobStore):
             with open(src, "r+b") as fh:
                 fh.truncate(state.offset)
                 os.fsync(fh.fileno())
+            # The object's age starts at commit (GC's orphan sweep goes by it), not at the
+            # session's last write.
+            os.utime(src)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            # Same digest, same bytes: replacing an existing copy is harmless and idempotent.
             os.replace(src, dst)
 
         try:
@@ -124,12 +129,10 @@ class FilesystemStore(BlobStore):
     async def put_blob(self, digest: str, data: bytes) -> str:
         key = self.key_for(digest)
         dst = self.blob_path(key)
-        if dst.exists():
-            return key
 
         def write() -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.uploads / f".put-{os.getpid()}-{id(data)}-{digest.partition(':')[2][:16]}"
+            tmp = self.uploads / f".put-{dst.name}"
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -161,9 +164,3 @@ class FilesystemStore(BlobStore):
             except FileNotFoundError:
                 continue
 
-    def usage_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.blobs.rglob("*") if f.is_file())
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
