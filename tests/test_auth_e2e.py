@@ -268,3 +268,99 @@ async def _slow_push(server: DockyardServer) -> None:
 
 def test_push_completes_after_token_expires_mid_upload(short_lived: DockyardServer) -> None:
     asyncio.run(_slow_push(short_lived))
+
+
+# -- customer isolation at the API: dedup, mount, catalog -------------------------------------
+
+
+class Api:
+    def __init__(self, http: aiohttp.ClientSession) -> None:
+        self.http = http
+
+    async def token(self, user: str | None, *scopes: str) -> str:
+        headers = {}
+        if user:
+            basic = base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
+        params = [("service", "dockyard"), *(("scope", s) for s in scopes)]
+        async with self.http.get("/auth/token", params=params, headers=headers) as resp:
+            assert resp.status == 200
+            return (await resp.json())["token"]
+
+    async def push_image(self, repository: str, token: str, layer: bytes) -> str:
+        """Push one layer, a config and a manifest by hand; return the layer digest."""
+        bearer = {"Authorization": f"Bearer {token}"}
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+        digests = []
+        for blob in (layer, config):
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            async with self.http.post(f"/v2/{repository}/blobs/uploads/?digest={digest}",
+                                      data=blob, headers={**bearer, "Content-Type":
+                                                          "application/octet-stream"}) as resp:
+                assert resp.status == 201, await resp.text()
+            digests.append((digest, len(blob)))
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": digests[1][0], "size": digests[1][1]},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": digests[0][0], "size": digests[0][1]}],
+        }
+        async with self.http.put(
+            f"/v2/{repository}/manifests/1", data=json.dumps(manifest).encode(),
+            headers={**bearer, "Content-Type": manifest["mediaType"]},
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+        return digests[0][0]
+
+    async def status(self, method: str, path: str, token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.request(method, path, headers=headers) as resp:
+            return resp.status
+
+    async def catalog(self, token: str) -> list[str]:
+        async with self.http.get("/v2/_catalog",
+                                 headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+            return (await resp.json())["repositories"]
+
+
+async def _isolation(server: DockyardServer) -> None:
+    async with aiohttp.ClientSession(server.url) as http:
+        api = Api(http)
+        gus = await api.token("gus", "repository:globex/iso:pull,push")
+        theirs = await api.push_image("globex/iso", gus, b"globex secret layer")
+        alice_other = await api.token("alice", "repository:acme/iso-other:pull,push")
+        ours = await api.push_image("acme/iso-other", alice_other, b"acme shared layer")
+
+        alice = await api.token("alice", "repository:acme/iso-web:pull,push",
+                                "repository:globex/iso:pull,push,delete")
+        # control: customer-wide dedup answers for acme's own layer ...
+        assert await api.status("HEAD", f"/v2/acme/iso-web/blobs/{ours}", alice) == 200
+        # ... but another customer's layer is unknown, through any door
+        assert await api.status("HEAD", f"/v2/acme/iso-web/blobs/{theirs}", alice) == 404
+        assert await api.status("GET", f"/v2/acme/iso-web/blobs/{theirs}", alice) == 404
+        assert await api.status("HEAD", f"/v2/globex/iso/blobs/{theirs}", alice) == 401
+        assert await api.status("GET", "/v2/globex/iso/manifests/1", alice) == 401
+        assert await api.status("GET", "/v2/globex/iso/tags/list", alice) == 401
+        assert await api.status("POST", "/v2/globex/iso/blobs/uploads/", alice) == 401
+        assert await api.status("DELETE", "/v2/globex/iso/manifests/1", alice) == 401
+        mount = "/v2/acme/iso-web/blobs/uploads/?mount={}&from={}"
+        assert await api.status("POST", mount.format(theirs, "globex/iso"), alice) == 202
+        assert await api.status("POST", mount.format(ours, "acme/iso-other"), alice) == 201
+
+        alice_catalog = await api.catalog(await api.token("alice", "registry:catalog:*"))
+        assert "acme/iso-other" in alice_catalog
+        assert not [r for r in alice_catalog if r.startswith("globex/")]
+        gus_catalog = await api.catalog(await api.token("gus", "registry:catalog:*"))
+        assert "globex/iso" in gus_catalog
+        assert not [r for r in gus_catalog if r.startswith("acme/") and r != "acme/pub"]
+        assert await api.status("GET", "/v2/_catalog", None) == 401
+        assert await api.status("GET", "/v2/_catalog",
+                                await api.token(None, "registry:catalog:*")) == 401
+
+
+def test_customer_isolation_through_the_api(secured: Seeded) -> None:
+    asyncio.run(_isolation(secured.server))
