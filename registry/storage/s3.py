@@ -35,7 +35,7 @@ from typing import Any
 
 import aiohttp
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -70,6 +70,17 @@ MAX_POOL_CONNECTIONS = 32
 
 _TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 _S3_ERRORS = (ClientError, *_TRANSPORT_ERRORS)
+
+
+_session: AioSession | None = None
+
+
+def botocore_session() -> AioSession:
+    """One per process: it caches the parsed S3 service model, which takes long to load."""
+    global _session
+    if _session is None:
+        _session = get_session()
+    return _session
 
 
 def error_code(exc: ClientError) -> str:
@@ -176,7 +187,7 @@ class S3Store(BlobStore):
         # Otherwise botocore's standard chain: AWS_* environment, ~/.aws files, instance roles.
         try:
             self._client = await stack.enter_async_context(
-                get_session().create_client(
+                botocore_session().create_client(
                     "s3",
                     endpoint_url=self.settings.endpoint or None,
                     region_name=self.settings.region or None,
