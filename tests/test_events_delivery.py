@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import io
 import itertools
 import json
@@ -312,6 +314,18 @@ async def test_receiver_rejects_tampered_and_missigned_deliveries(
     row = await wait_status(wrong, event_id, "dead")
     assert row["last_status"] == 401 and row["attempts"] == 2
     assert event_id not in receiver.accepted_ids()
+
+
+async def test_github_style_signature_for_ready_made_receivers(
+    receiver: Receiver, outboxes: OutboxFactory
+) -> None:
+    outbox = await outboxes(settings_for(hook(receiver, github_signature=True)))
+    await outbox.publish(make_event())
+    await receiver.wait_for(lambda: len(receiver.accepted()) == 1, "a delivery")
+    hit = receiver.hits[0]
+    expected = hmac.new(SECRET.encode(), hit.body, hashlib.sha256).hexdigest()
+    assert hit.headers["X-Hub-Signature-256"] == f"sha256={expected}"
+    assert SIGNATURE_HEADER in hit.headers  # the timestamped signature is still there
 
 
 async def test_cloudevents_format(receiver: Receiver, outboxes: OutboxFactory) -> None:

@@ -2,8 +2,13 @@
 
 The reference registry is configured with a `notifications` endpoint pointing at our receiver;
 a push (blobs, then a manifest by tag), a pull and a delete by digest are made with raw HTTP. The
-receiver parses every body with `parse_envelope` — the parser the launcher uses — and dockyard's
-own events for the same actions must carry every field the reference's carry.
+receiver parses every body with `parse_envelope`, the launcher's reader (`launcher.events.pushes`)
+picks the same push out of both streams, and dockyard's own events for the same actions must carry
+every field the reference's carry.
+
+Note: distribution 2.8.2 sends `Content-Type: application/vnd.docker.distribution.events.v1+json`
+although its documentation says v2; dockyard sends the documented v2, and no reader here looks at
+the content type.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from launcher.events import pushes
 from registry.events import open_events
 from tests.support.reference import reference_registry
 from tests.test_events_delivery import Receiver, hook, make_event, settings_for
@@ -136,6 +142,12 @@ async def test_one_parser_reads_reference_and_dockyard_events(tmp_path: Any) -> 
         (deleted, find(ours, "delete", digest=make_event().digest)),
         (untagged, find(ours, "delete", tag="v1")),
     ]
+    # The launcher's reader takes the manifest push (and only it) from either registry.
+    (their_push,) = pushes({"events": theirs})
+    (our_push,) = pushes({"events": ours})
+    assert (their_push.repository, their_push.tag, their_push.digest) == ("acme/web", "v1", digest)
+    assert (our_push.repository, our_push.tag) == ("acme/web", "v1")
+    assert our_push.event_id == find(ours, "push")["id"]
     for reference_event, our_event in pairs:
         # Same fields at every level; ours adds only `target.customer`.
         assert set(our_event) == set(reference_event)

@@ -125,6 +125,7 @@ def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         {"backoff": "10s", "max_backoff": "1s"},
         {"retries": 3},  # a typo must not be ignored silently
         {"headers": {"X": "a\r\nInjected: yes"}},
+        {"github_signature": True},  # without a secret there is nothing to sign with
     ],
 )
 def test_invalid_endpoints(bad: dict[str, object]) -> None:

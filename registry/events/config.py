@@ -127,6 +127,9 @@ class EndpointConfig:
     format: str = "envelope"
     # Several secrets sign with each (one `v1=` per secret), which lets consumers rotate keys.
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    # Also send GitHub's `X-Hub-Signature-256: sha256=<hmac of the body>` (first secret), which
+    # many ready-made receivers verify. It has no timestamp, so it does not stop replays.
+    github_signature: bool = False
     disabled: bool = False
 
     @classmethod
@@ -199,11 +202,14 @@ class EndpointConfig:
         if any(not s for s in secrets):
             raise ConfigError(f"{where}.secret: must not be empty")
         kwargs["secrets"] = tuple(secrets)
-        if "disabled" in data:
-            disabled = data.pop("disabled")
-            if not isinstance(disabled, bool):
-                raise ConfigError(f"{where}.disabled: true or false")
-            kwargs["disabled"] = disabled
+        for key in ("disabled", "github_signature"):
+            if key in data:
+                flag = data.pop(key)
+                if not isinstance(flag, bool):
+                    raise ConfigError(f"{where}.{key}: true or false")
+                kwargs[key] = flag
+        if kwargs.get("github_signature") and not secrets:
+            raise ConfigError(f"{where}.github_signature: needs a `secret`")
         # The reference registry's "failures before backing off": our backoff is per event.
         data.pop("threshold", None)
         if data:

@@ -37,7 +37,12 @@ from registry.events.envelope import (
     encode,
     envelope,
 )
-from registry.events.signing import SIGNATURE_HEADER, sign
+from registry.events.signing import (
+    GITHUB_SIGNATURE_HEADER,
+    SIGNATURE_HEADER,
+    github_signature,
+    sign,
+)
 
 if TYPE_CHECKING:
     from registry.events.outbox import EventOutbox
@@ -203,6 +208,8 @@ class Dispatcher:
             if endpoint.secrets:
                 # Signed per attempt: the timestamp is when this request was made.
                 headers[SIGNATURE_HEADER] = sign(endpoint.secrets, body)
+            if endpoint.github_signature:
+                headers[GITHUB_SIGNATURE_HEADER] = github_signature(endpoint.secrets[0], body)
             async with self._session.post(
                 endpoint.url,
                 data=body,

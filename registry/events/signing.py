@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 
 SIGNATURE_HEADER = "Dockyard-Signature"
+GITHUB_SIGNATURE_HEADER = "X-Hub-Signature-256"
 DEFAULT_TOLERANCE = 300.0  # seconds a receiver accepts between signing and verifying
 
 
@@ -59,3 +60,8 @@ def verify(
         return False
     expected = compute(secret, timestamp, body)
     return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
+
+
+def github_signature(secret: str, body: bytes) -> str:
+    """GitHub's webhook signature (`sha256=<hex HMAC of the body>`), for receivers built for it."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
