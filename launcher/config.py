@@ -1,0 +1,203 @@
+"""Launcher settings: the `[launcher]` table of the dockyard TOML file, validated once at start.
+
+Everything has a default that works on one machine: no instances, no provider, no warm pool, the
+launcher simply records services and waits for an instance to be registered.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.errors import InvalidRequest
+
+DEFAULT_STRATEGY: tuple[dict[str, str], ...] = ({"type": "spread", "field": "instanceId"},)
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    name: str
+    cpu: int  # CPU units, 1024 = one core
+    memory: int  # MiB
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "cpu": self.cpu, "memory": self.memory}
+
+
+@dataclass(frozen=True)
+class StaticInstance:
+    """An engine named in the config file; upserted into the database at every start."""
+
+    name: str
+    endpoint: str
+    type: str | None
+    attributes: dict[str, str]
+    network: str | None
+
+
+@dataclass(frozen=True)
+class LocalProviderSettings:
+    dockerd: str
+    run_root: pathlib.Path  # short paths: exec roots hold unix sockets (108-byte limit)
+    storage_driver: str = "vfs"
+    max_instances: int = 8
+    extra_args: tuple[str, ...] = ()
+    network: str = "host:local"  # engines started here share this machine's network namespace
+    enforce_cgroup: bool = True
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    username: str
+    password: str
+
+    def as_auth_config(self) -> dict[str, str]:
+        return {"username": self.username, "password": self.password}
+
+
+@dataclass(frozen=True)
+class LauncherSettings:
+    enabled: bool
+    data_dir: pathlib.Path  # the dockyard data dir; the launcher keeps data_dir/launcher/
+    registry: str | None = None  # host:port engines pull from; None = the event's own host
+    registry_auth: RegistryAuth | None = None
+    cluster: str = "dockyard"  # label value that scopes the containers this launcher owns
+    api_token: str | None = None  # None = generated once into data_dir/launcher/api-token
+    api_auth: bool = True
+    events_secret: str | None = None  # shared secret for POST /launcher/v1/events (Bearer)
+    events_hmac_key: str | None = None  # or an HMAC-SHA256 signature of the body
+    instance_types: dict[str, InstanceType] = field(default_factory=dict)
+    instances: tuple[StaticInstance, ...] = ()
+    local_provider: LocalProviderSettings | None = None
+    warm_pool: dict[str, int] = field(default_factory=dict)
+    default_strategy: tuple[dict[str, str], ...] = DEFAULT_STRATEGY
+    port_range: tuple[int, int] = (20000, 29999)
+    poll_interval: float = 0.5
+    reconcile_interval: float = 10.0
+    health_grace: float = 30.0  # added to a health check's own worst case before giving up
+    stable_seconds: float = 2.0  # a task without health check is healthy after running this long
+    idle_instance_seconds: float = 300.0  # provisioned instances idle this long are removed
+    stop_timeout: int = 10
+    stop_provisioned_on_close: bool = False
+    engine_timeout: float = 120.0
+
+    @property
+    def state_dir(self) -> pathlib.Path:
+        return self.data_dir / "launcher"
+
+    @property
+    def db_path(self) -> pathlib.Path:
+        return self.state_dir / "launcher.db"
+
+    @property
+    def token_path(self) -> pathlib.Path:
+        return self.state_dir / "api-token"
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any], data_dir: pathlib.Path) -> LauncherSettings:
+        """Build settings from the raw `[launcher]` TOML table (see examples/launcher.toml)."""
+        s = dict(section or {})
+        data_dir = pathlib.Path(data_dir)
+        types: dict[str, InstanceType] = {}
+        for name, spec in (s.get("instance_types") or {}).items():
+            if not isinstance(spec, dict):
+                raise InvalidRequest(f"instance_types.{name} must be a table")
+            cpu, memory = _pos_int(spec, "cpu", name), _pos_int(spec, "memory", name)
+            types[name] = InstanceType(name, cpu, memory)
+
+        instances = []
+        for i, spec in enumerate(s.get("instances") or []):
+            if not isinstance(spec, dict) or not spec.get("endpoint"):
+                raise InvalidRequest(f"launcher.instances[{i}] needs an endpoint")
+            itype = spec.get("type")
+            if itype is not None and itype not in types:
+                raise InvalidRequest(f"launcher.instances[{i}]: unknown instance type {itype!r}")
+            instances.append(
+                StaticInstance(
+                    name=str(spec.get("name") or f"static-{i}"),
+                    endpoint=str(spec["endpoint"]),
+                    type=itype,
+                    attributes={str(k): str(v) for k, v in (spec.get("attributes") or {}).items()},
+                    network=spec.get("network"),
+                )
+            )
+
+        local = None
+        providers = s.get("providers") or {}
+        if "local" in providers:
+            p = providers["local"] or {}
+            dockerd = p.get("dockerd") or shutil.which("dockerd") or "/usr/sbin/dockerd"
+            local = LocalProviderSettings(
+                dockerd=str(dockerd),
+                run_root=pathlib.Path(p.get("run_root") or "/run/dockyard-launcher"),
+                storage_driver=str(p.get("storage_driver", "vfs")),
+                max_instances=int(p.get("max_instances", 8)),
+                extra_args=tuple(str(a) for a in p.get("extra_args", ())),
+                network=str(p.get("network", "host:local")),
+                enforce_cgroup=bool(p.get("enforce_cgroup", True)),
+            )
+
+        pool = {str(k): int(v) for k, v in (s.get("warm_pool") or {}).items()}
+        for name in pool:
+            if name not in types:
+                raise InvalidRequest(f"launcher.warm_pool: unknown instance type {name!r}")
+        if pool and local is None:
+            raise InvalidRequest("launcher.warm_pool needs a provider ([launcher.providers.local])")
+
+        auth = None
+        if s.get("registry_auth"):
+            a = s["registry_auth"]
+            auth = RegistryAuth(str(a["username"]), str(a["password"]))
+
+        port_range = s.get("port_range", "20000-29999")
+        lo, _, hi = str(port_range).partition("-")
+        try:
+            ports = (int(lo), int(hi or lo))
+        except ValueError:
+            raise InvalidRequest(f"launcher.port_range {port_range!r} is not LOW-HIGH") from None
+        if not 0 < ports[0] <= ports[1] < 65536:
+            raise InvalidRequest(f"launcher.port_range {port_range!r} is out of range")
+
+        strategy = s.get("default_strategy")
+        kwargs: dict[str, Any] = {}
+        for key in (
+            "poll_interval",
+            "reconcile_interval",
+            "health_grace",
+            "stable_seconds",
+            "idle_instance_seconds",
+            "engine_timeout",
+        ):
+            if key in s:
+                kwargs[key] = float(s[key])
+        for key in ("stop_provisioned_on_close", "api_auth"):
+            if key in s:
+                kwargs[key] = bool(s[key])
+        if "stop_timeout" in s:
+            kwargs["stop_timeout"] = int(s["stop_timeout"])
+        return cls(
+            enabled=bool(s.get("enabled", False)),
+            data_dir=data_dir,
+            registry=s.get("registry") or None,
+            registry_auth=auth,
+            cluster=str(s.get("cluster", "dockyard")),
+            api_token=s.get("api_token") or None,
+            events_secret=s.get("events_secret") or None,
+            events_hmac_key=s.get("events_hmac_key") or None,
+            instance_types=types,
+            instances=tuple(instances),
+            local_provider=local,
+            warm_pool=pool,
+            default_strategy=tuple(strategy) if strategy else DEFAULT_STRATEGY,
+            port_range=ports,
+            **kwargs,
+        )
+
+
+def _pos_int(spec: dict[str, Any], key: str, name: str) -> int:
+    value = spec.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidRequest(f"instance_types.{name}.{key} must be a positive integer")
+    return value

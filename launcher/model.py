@@ -1,0 +1,342 @@
+"""Validated shapes of what users register: task definitions, services, placement rules.
+
+Input is ECS-like JSON. Each `parse_*` function checks one request body and returns its
+normalized form (defaults filled in, camelCase kept so what is stored is what the API shows).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from launcher.errors import InvalidRequest
+from launcher.expressions import compile_expression
+
+FAMILY_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+CONTAINER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# spec: oci-distribution-spec.md "Pulling manifests" — the repository name grammar.
+REPOSITORY_RE = re.compile(
+    r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$"
+)
+DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$|^sha512:[a-f0-9]{128}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_CPU_UNITS = 1024 * 1024
+MAX_MEMORY_MIB = 1024 * 1024 * 16
+
+
+def _int(body: dict[str, Any], key: str, where: str, *, default: int | None = None,
+         minimum: int = 0, maximum: int | None = None) -> int | None:
+    value = body.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"{where}.{key} must be an integer")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise InvalidRequest(f"{where}.{key} must be between {minimum} and {maximum}")
+    return value
+
+
+def _seconds(body: dict[str, Any], key: str, where: str, default: float,
+             minimum: float = 0.0) -> float:
+    value = body.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise InvalidRequest(f"{where}.{key} must be a number of seconds")
+    if value < minimum or value > 3600:
+        raise InvalidRequest(f"{where}.{key} must be between {minimum} and 3600 seconds")
+    return float(value)
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"{where} must be a list of strings")
+    return list(value)
+
+
+# --- task definitions -----------------------------------------------------------------------
+
+
+def parse_health_check(body: Any, where: str) -> dict[str, Any] | None:
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"{where} must be an object")
+    command = body.get("command")
+    if isinstance(command, str):
+        command = ["CMD-SHELL", command]
+    command = _str_list(command, f"{where}.command")
+    if not command or command[0] not in ("CMD", "CMD-SHELL", "NONE") or (
+        command[0] != "NONE" and len(command) < 2
+    ):
+        raise InvalidRequest(f"{where}.command must be [\"CMD-SHELL\", \"…\"] or [\"CMD\", …]")
+    return {
+        "command": command,
+        # ECS takes whole seconds; fractions are allowed so tests and fast services need not wait.
+        "interval": _seconds(body, "interval", where, 30.0, 0.01),
+        "timeout": _seconds(body, "timeout", where, 5.0, 0.01),
+        "retries": _int(body, "retries", where, default=3, minimum=1, maximum=100),
+        "startPeriod": _seconds(body, "startPeriod", where, 0.0),
+    }
+
+
+def parse_port_mappings(value: Any, where: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{where} must be a list")
+    out = []
+    for i, pm in enumerate(value):
+        w = f"{where}[{i}]"
+        if not isinstance(pm, dict):
+            raise InvalidRequest(f"{w} must be an object")
+        container_port = _int(pm, "containerPort", w, default=0, maximum=65535)
+        host_port = _int(pm, "hostPort", w, default=0, maximum=65535)
+        # Host networking: the process listens on the host port itself, so the two must agree.
+        if container_port and host_port and container_port != host_port:
+            raise InvalidRequest(f"{w}: with host networking hostPort must equal containerPort")
+        protocol = pm.get("protocol", "tcp")
+        if protocol not in ("tcp", "udp"):
+            raise InvalidRequest(f"{w}.protocol must be tcp or udp")
+        name = pm.get("name")
+        if name is not None and (not isinstance(name, str) or not ENV_NAME_RE.match(name)):
+            raise InvalidRequest(f"{w}.name must be a word (it becomes PORT_<NAME>)")
+        out.append(
+            {"hostPort": host_port or container_port, "protocol": protocol, "name": name}
+        )
+    return out
+
+
+def parse_environment(value: Any, where: str) -> list[dict[str, str]]:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        value = [{"name": k, "value": v} for k, v in value.items()]
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{where} must be a list of {{name, value}}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidRequest(f"{where}[{i}] must be {{name, value}}")
+        if not ENV_NAME_RE.match(item["name"]):
+            raise InvalidRequest(f"{where}[{i}].name {item['name']!r} is not a variable name")
+        out.append({"name": item["name"], "value": str(item.get("value", ""))})
+    return out
+
+
+def parse_container(body: Any, where: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"{where} must be an object")
+    name = body.get("name")
+    if not isinstance(name, str) or not CONTAINER_NAME_RE.match(name):
+        raise InvalidRequest(f"{where}.name must match {CONTAINER_NAME_RE.pattern}")
+    image = body.get("image")
+    if not isinstance(image, str) or not image or len(image) > 512 or any(
+        c.isspace() for c in image
+    ):
+        raise InvalidRequest(f"{where}.image must be a repository name or image reference")
+    out: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "cpu": _int(body, "cpu", where, default=0, maximum=MAX_CPU_UNITS),
+        "memory": _int(body, "memory", where, default=None, minimum=4, maximum=MAX_MEMORY_MIB),
+        "memoryReservation": _int(
+            body, "memoryReservation", where, default=None, minimum=4, maximum=MAX_MEMORY_MIB
+        ),
+        "portMappings": parse_port_mappings(body.get("portMappings"), f"{where}.portMappings"),
+        "environment": parse_environment(body.get("environment"), f"{where}.environment"),
+        "command": _str_list(body["command"], f"{where}.command") if "command" in body else None,
+        "entryPoint": (
+            _str_list(body["entryPoint"], f"{where}.entryPoint") if "entryPoint" in body else None
+        ),
+        "healthCheck": parse_health_check(body.get("healthCheck"), f"{where}.healthCheck"),
+        "stopTimeout": _int(body, "stopTimeout", where, default=None, maximum=600),
+    }
+    return out
+
+
+def parse_task_definition(body: Any) -> dict[str, Any]:
+    """Validate a task definition registration (without revision, which the store assigns)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("task definition must be a JSON object")
+    family = body.get("family")
+    if not isinstance(family, str) or not FAMILY_RE.match(family):
+        raise InvalidRequest("family must be 1-255 letters, digits, '-' or '_'")
+    containers = body.get("containerDefinitions")
+    if not isinstance(containers, list) or not containers:
+        raise InvalidRequest("containerDefinitions must be a non-empty list")
+    if len(containers) > 10:
+        raise InvalidRequest("at most 10 containerDefinitions")
+    defs = [parse_container(c, f"containerDefinitions[{i}]") for i, c in enumerate(containers)]
+    if len({c["name"] for c in defs}) != len(defs):
+        raise InvalidRequest("container names must be unique within a task definition")
+    task_cpu = _int(body, "cpu", "taskDefinition", default=None, maximum=MAX_CPU_UNITS)
+    task_memory = _int(body, "memory", "taskDefinition", default=None, minimum=4,
+                       maximum=MAX_MEMORY_MIB)
+    for c in defs:
+        if c["memory"] is None and c["memoryReservation"] is None and task_memory is None:
+            raise InvalidRequest(
+                f"container {c['name']!r} needs memory (a hard limit, MiB) or the task needs memory"
+            )
+    fixed = [pm["hostPort"] for c in defs for pm in c["portMappings"] if pm["hostPort"]]
+    if len(fixed) != len(set(fixed)):
+        raise InvalidRequest("a host port may be mapped only once per task")
+    return {
+        "family": family,
+        "cpu": task_cpu,
+        "memory": task_memory,
+        "containerDefinitions": defs,
+        "placementConstraints": parse_constraints(body.get("placementConstraints")),
+    }
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a task reserves on an instance."""
+
+    cpu: int
+    memory: int
+    fixed_ports: frozenset[int]
+    dynamic_ports: int
+
+
+def task_resources(task_def: dict[str, Any]) -> Resources:
+    containers = task_def["containerDefinitions"]
+    cpu = sum(c["cpu"] or 0 for c in containers)
+    memory = sum(c["memory"] or c["memoryReservation"] or 0 for c in containers)
+    # ECS: task-level values, when given, are what the task reserves.
+    cpu = max(cpu, task_def.get("cpu") or 0)
+    memory = max(memory, task_def.get("memory") or 0)
+    fixed = frozenset(pm["hostPort"] for c in containers for pm in c["portMappings"]
+                      if pm["hostPort"])
+    dynamic = sum(1 for c in containers for pm in c["portMappings"] if not pm["hostPort"])
+    return Resources(cpu, memory, fixed, dynamic)
+
+
+# --- placement ------------------------------------------------------------------------------
+
+STRATEGY_FIELDS = {"binpack": ("cpu", "memory"), "random": ()}
+
+
+def parse_strategy(value: Any) -> list[dict[str, str]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidRequest("placementStrategy must be a list")
+    out = []
+    for i, item in enumerate(value):
+        where = f"placementStrategy[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{where} must be an object")
+        kind, fld = item.get("type"), item.get("field")
+        if kind == "binpack":
+            if fld not in ("cpu", "memory"):
+                raise InvalidRequest(f"{where}: binpack field must be cpu or memory")
+        elif kind == "spread":
+            if not isinstance(fld, str) or not (
+                fld in ("instanceId", "instanceType", "host")
+                or (fld.startswith("attribute:") and len(fld) > len("attribute:"))
+            ):
+                raise InvalidRequest(
+                    f"{where}: spread field must be instanceId, instanceType or attribute:NAME"
+                )
+        elif kind == "random":
+            fld = None
+        else:
+            raise InvalidRequest(f"{where}: type must be binpack, spread or random")
+        out.append({"type": kind, "field": fld} if fld else {"type": kind})
+    return out
+
+
+def parse_constraints(value: Any) -> list[dict[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequest("placementConstraints must be a list")
+    out = []
+    for i, item in enumerate(value):
+        where = f"placementConstraints[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{where} must be an object")
+        kind = item.get("type")
+        if kind == "distinctInstance":
+            out.append({"type": kind})
+        elif kind == "memberOf":
+            compile_expression(item.get("expression"))  # reject typos now
+            out.append({"type": kind, "expression": item["expression"]})
+        else:
+            raise InvalidRequest(f"{where}: type must be distinctInstance or memberOf")
+    return out
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+def parse_task_definition_ref(value: Any) -> tuple[str, int | None]:
+    """`family` (follow the latest revision) or `family:revision` (pinned)."""
+    if not isinstance(value, str):
+        raise InvalidRequest("taskDefinition must be 'family' or 'family:revision'")
+    family, _, rev = value.partition(":")
+    if not FAMILY_RE.match(family) or (rev and not rev.isdigit()):
+        raise InvalidRequest("taskDefinition must be 'family' or 'family:revision'")
+    return family, int(rev) if rev else None
+
+
+def parse_deployment_configuration(value: Any) -> dict[str, int]:
+    value = value or {}
+    if not isinstance(value, dict):
+        raise InvalidRequest("deploymentConfiguration must be an object")
+    where = "deploymentConfiguration"
+    min_healthy = _int(value, "minimumHealthyPercent", where, default=100, maximum=100)
+    max_percent = _int(value, "maximumPercent", where, default=200, minimum=100, maximum=400)
+    return {"minimumHealthyPercent": min_healthy, "maximumPercent": max_percent}
+
+
+def parse_service(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("service must be a JSON object")
+    name = body.get("name")
+    if not isinstance(name, str) or not SERVICE_NAME_RE.match(name):
+        raise InvalidRequest(f"name must match {SERVICE_NAME_RE.pattern}")
+    repository = body.get("repository")
+    if not isinstance(repository, str) or len(repository) > 255 or not REPOSITORY_RE.match(
+        repository
+    ):
+        raise InvalidRequest("repository must be a repository name such as acme/web")
+    tags = body.get("tags", ["*"])
+    if isinstance(tags, str):
+        tags = [tags]
+    tags = _str_list(tags, "tags")
+    if not tags or any(not t or len(t) > 128 for t in tags):
+        raise InvalidRequest("tags must be a non-empty list of glob patterns")
+    family, revision = parse_task_definition_ref(body.get("taskDefinition"))
+    desired = _int(body, "desiredCount", "service", default=1, maximum=1000)
+    return {
+        "name": name,
+        "repository": repository,
+        "tags": tags,
+        "family": family,
+        "revision": revision,
+        "desiredCount": desired,
+        "deploymentConfiguration": parse_deployment_configuration(
+            body.get("deploymentConfiguration")
+        ),
+        "placementStrategy": parse_strategy(body.get("placementStrategy")),
+        "placementConstraints": parse_constraints(body.get("placementConstraints")),
+    }
+
+
+def tag_matches(patterns: list[str], tag: str) -> bool:
+    # cosign/notation attach signatures under sha256-<hex>.sig tags: never deploy those.
+    if tag.startswith(("sha256-", "sha512-")):
+        return False
+    return any(fnmatch.fnmatchcase(tag, p) for p in patterns)
+
+
+def rollout_bounds(desired: int, config: dict[str, int]) -> tuple[int, int]:
+    """(minimum healthy tasks, maximum tasks) during a rollout, rounded as ECS rounds them."""
+    min_healthy = math.ceil(desired * config["minimumHealthyPercent"] / 100)
+    max_total = max(desired, math.floor(desired * config["maximumPercent"] / 100))
+    return min_healthy, max_total
