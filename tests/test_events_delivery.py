@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiosqlite
 import pytest
 from aiohttp import web
 
@@ -36,6 +37,7 @@ from registry.events import (
 from registry.events.admin import add_admin_routes
 from registry.events.cli import register
 from registry.events.envelope import ENVELOPE_MEDIA_TYPE
+from registry.events.schema import MIGRATIONS
 from registry.events.signing import SIGNATURE_HEADER, verify
 
 SECRET = "whsec_test_0123456789"
@@ -691,3 +693,39 @@ def test_cli_list_show_replay(tmp_path: Path) -> None:
     with contextlib.redirect_stderr(err_buf):
         assert args.func(args) == 2
     assert "url" in err_buf.getvalue()
+
+
+async def test_schema_is_versioned_and_wal(tmp_path: Path) -> None:
+    outbox = await open_events(tmp_path, settings_for(), source_addr="s", instance_id="i")
+    event_id = await outbox.publish(make_event())
+    await outbox.close()
+    db_path = tmp_path / "events" / "events.db"
+    async with aiosqlite.connect(db_path) as db:
+        async with db.execute("PRAGMA journal_mode") as cur:
+            assert (await cur.fetchone()) == ("wal",)
+        async with db.execute("PRAGMA user_version") as cur:
+            assert (await cur.fetchone()) == (len(MIGRATIONS),)
+    # Reopening migrates nothing and keeps the data.
+    again = await open_events(tmp_path, settings_for(), source_addr="s", instance_id="i")
+    assert (await again.get_event(event_id)) is not None
+    await again.close()
+    # A database from a newer dockyard is refused rather than misread.
+    async with aiosqlite.connect(db_path) as db:
+        await db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(RuntimeError, match="newer"):
+        await open_events(tmp_path, settings_for(), source_addr="s", instance_id="i")
+
+
+async def test_retention_deletes_old_events_with_their_log(outboxes: OutboxFactory) -> None:
+    outbox = await outboxes(
+        settings_for({"name": "x", "url": "http://127.0.0.1:9/", "max_attempts": 1}), start=False
+    )
+    old = await outbox.publish(make_event(n=1))
+    cutoff = time.time() + 0.001
+    await asyncio.sleep(0.01)
+    kept = await outbox.publish(make_event(n=2))
+    assert await outbox.prune(older_than=cutoff) == 1
+    assert await outbox.get_event(old) is None
+    assert await outbox.list_deliveries(event_id=old) == []  # deliveries went with it
+    assert await outbox.get_event(kept) is not None
+    assert (await outbox.stats())["events"] == 1

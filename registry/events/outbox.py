@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
@@ -29,6 +29,10 @@ from registry.events.config import EndpointConfig, NotificationSettings
 from registry.events.envelope import build_event, rfc3339
 from registry.events.model import RegistryEvent
 from registry.events.schema import connect
+
+if TYPE_CHECKING:
+    from registry.events.dispatcher import Dispatcher
+    from registry.events.subscription import Subscription
 
 STATUSES = ("pending", "failed", "delivered", "dead")
 OPEN_STATUSES = ("pending", "failed")
@@ -81,7 +85,7 @@ class EventOutbox:
         self._lock = asyncio.Lock()  # one transaction at a time on the shared connection
         self.published = Signal()  # new work: an event, a replay, a finished delivery
         self.closed = False
-        self._dispatcher: Any = None
+        self._dispatcher: Dispatcher | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -206,7 +210,7 @@ class EventOutbox:
 
     # -- subscription --------------------------------------------------------------------------
 
-    def subscribe(self, name: str, *, start: str = "earliest") -> Any:
+    def subscribe(self, name: str, *, start: str = "earliest") -> Subscription:
         """Every event, in publish order, from a durable cursor named `name`.
 
         Returns a `Subscription` (an `AsyncIterator[dict]` of envelopes `{"events": [event]}`).
