@@ -20,6 +20,7 @@ from .errors import (
 from .handlers import blobs, discovery, manifests, uploads
 from .handlers.base import REGISTRY, REQUEST_ID
 from .metadata import MetadataStore
+from .metrics import STORAGE_ERRORS, metrics_handler, metrics_middleware
 from .service import Registry
 from .storage import StorageError, make_store
 
@@ -36,6 +37,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except RegistryError as err:
         return error_response(err)
     except StorageError as err:
+        STORAGE_ERRORS.inc()
         log.warning("storage error on %s %s: %s", request.method, request.path, err)
         return error_response(Unavailable(f"storage unavailable: {err}"))
     except web.HTTPException as exc:
@@ -97,7 +99,9 @@ def make_registry(config: Config) -> Registry:
 def setup_registry(app: web.Application, registry: Registry) -> None:
     """Mount the Distribution API on `app` and tie the registry's lifecycle to it."""
     app[REGISTRY] = registry
+    app.middlewares.append(metrics_middleware)
     app.middlewares.append(error_middleware)
+    app.router.add_get("/metrics", metrics_handler)
     app.on_response_prepare.append(_stamp)
     add_routes(app)
 

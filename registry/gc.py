@@ -90,17 +90,20 @@ class GarbageCollector:
                 raise RuntimeError(f"GC in-use hook failed, nothing collected: {exc}") from exc
 
         customers = [only] if only else self.registry.meta.customers()
+        released: dict[str, set[str]] = {}
         total = len(customers) + (0 if only else 1)
         for i, name in enumerate(customers):
             if progress:
                 progress(name, i, total)
             meta = await self.registry.meta.customer(name)
-            await self._sweep_customer(meta, report, dry_run, cutoff, untagged_cutoff, in_use, now)
+            released[name] = await self._sweep_customer(
+                meta, report, dry_run, cutoff, untagged_cutoff, in_use, now
+            )
             report.customers += 1
         if not only:
             if progress:
                 progress("blob index", len(customers), total)
-            await self._sweep_index(report, dry_run, cutoff)
+            await self._sweep_index(report, dry_run, cutoff, released)
         if progress:
             progress("done", total, total)
         report.seconds = round(time.monotonic() - started, 3)
@@ -116,7 +119,8 @@ class GarbageCollector:
         untagged_cutoff: float | None,
         in_use: set[str],
         now: float,
-    ) -> None:
+    ) -> set[str]:
+        """Sweep one customer; return the digests it no longer holds (even in a dry run)."""
         expiry = now - self.registry.settings.upload_expiry_seconds
         for upload in await meta.uploads():
             if upload.updated_at < expiry:
@@ -128,19 +132,13 @@ class GarbageCollector:
                     await meta.delete_upload(upload.id)
 
         doomed = await self._unreachable_manifests(meta, untagged_cutoff, in_use)
-        if dry_run:
-            report.manifests_deleted += len(doomed)
-        else:
-            # Parents go before their children; repeat until a pass deletes nothing.
-            pending = set(doomed)
-            while pending:
-                deleted = {m for m in pending if await meta.gc_delete_manifest(*m, untagged_cutoff)}
-                report.manifests_deleted += len(deleted)
-                if not deleted:
-                    break
-                pending -= deleted
-        report.links_removed += await meta.gc_unlink_unreferenced(cutoff, dry_run)
-        report.blobs_released += await meta.gc_release_blobs(cutoff, dry_run)
+        manifests, links, released = await meta.gc_sweep(
+            doomed, cutoff, untagged_cutoff or 0.0, dry_run
+        )
+        report.manifests_deleted += manifests
+        report.links_removed += links
+        report.blobs_released += len(released)
+        return set(released)
 
     async def _unreachable_manifests(
         self, meta: CustomerMeta, untagged_cutoff: float | None, in_use: set[str]
@@ -169,10 +167,15 @@ class GarbageCollector:
                     frontier.append(referrer)
         return set(manifests) - kept
 
-    async def _sweep_index(self, report: GcReport, dry_run: bool, cutoff: float) -> None:
+    async def _sweep_index(
+        self, report: GcReport, dry_run: bool, cutoff: float, released: dict[str, set[str]]
+    ) -> None:
         held: set[str] = set()
         for name in self.registry.meta.customers():
-            held |= set((await (await self.registry.meta.customer(name)).held_blobs()).keys())
+            digests = set((await (await self.registry.meta.customer(name)).held_blobs()).keys())
+            if dry_run:  # what the rolled-back customer sweep would have let go
+                digests -= released.get(name, set())
+            held |= digests
         index = self.registry.meta.index
         store = self.registry.store
         for digest, _key, size, used_at in await index.all():

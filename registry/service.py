@@ -34,6 +34,7 @@ from .errors import (
 from .manifests import ParsedManifest, parse_manifest
 from .metadata import CustomerMeta, ManifestRecord, MetadataStore, NewManifest, UploadRecord
 from .metadata.customer import QuotaExceeded
+from .metrics import DEDUP_BYTES, DEDUP_SKIPS
 from .reference import ALGORITHMS, check_tag, customer_of, digest_of, is_digest, parse_digest
 from .storage import BlobSource, BlobStore, UploadState
 
@@ -55,6 +56,13 @@ class BlobInfo:
     digest: str
     size: int
     key: str
+    # The repository whose link made the blob visible (another one: customer-wide dedup).
+    holder: str = ""
+
+    def count_dedup(self, repository: str) -> None:
+        if self.holder and self.holder != repository:
+            DEDUP_SKIPS.inc()
+            DEDUP_BYTES.inc(self.size)
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,7 @@ class Registry:
         if linked_at < time.time() - self.gc.grace_seconds / 2:
             # The caller may now skip the upload: keep GC off this link for the push.
             await meta.touch_link(holder, digest)
-        return BlobInfo(digest, size, located[0])
+        return BlobInfo(digest, size, located[0], holder)
 
     async def quota(self, customer: str) -> int | None:
         meta = await self.meta.customer(customer)
@@ -201,6 +209,7 @@ class Registry:
             info = await self.find_blob(name, digest, access)
         if info is None:
             return None
+        info.count_dedup(name)
         customer = self.customer(name)
         try:
             await (await self._meta(name)).link_blob(

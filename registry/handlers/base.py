@@ -9,6 +9,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..errors import RangeNotSatisfiable
+from ..metrics import BYTES_RECEIVED, UPLOADS_IN_FLIGHT
 from ..reference import check_name
 from ..service import Origin, Registry
 
@@ -42,8 +43,13 @@ def origin(request: web.Request) -> Origin:
 
 async def body_blocks(request: web.Request) -> AsyncIterator[bytes]:
     """The request body as it arrives, never held whole."""
-    async for block in request.content.iter_chunked(READ_BLOCK):
-        yield block
+    UPLOADS_IN_FLIGHT.inc()
+    try:
+        async for block in request.content.iter_chunked(READ_BLOCK):
+            BYTES_RECEIVED.inc(len(block))
+            yield block
+    finally:
+        UPLOADS_IN_FLIGHT.dec()
 
 
 def has_body(request: web.Request) -> bool:

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..access import access_of
 from ..errors import SizeInvalid
+from ..metrics import BYTES_SENT
 from ..storage import LocalFile, Redirect, Stream
 from .base import registry_of, repo_name
 
@@ -55,6 +56,7 @@ async def head_blob(request: web.Request) -> web.StreamResponse:
     info = await registry_of(request).stat_blob(
         name, request.match_info["digest"], access_of(request)
     )
+    info.count_dedup(name)
     headers = _headers(info.digest)
     headers["Content-Length"] = str(info.size)
     headers["Content-Type"] = "application/octet-stream"
@@ -69,6 +71,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     start, end = wanted if wanted else (0, info.size - 1)
     source = await registry.open_blob(info, start, end)
     headers = _headers(info.digest)
+    BYTES_SENT.inc(end - start + 1 if info.size else 0)
     if isinstance(source, LocalFile):
         # aiohttp applies the (already validated) Range itself and sends with sendfile.
         return web.FileResponse(source.path, headers=headers)

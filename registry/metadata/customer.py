@@ -65,7 +65,7 @@ class CustomerMeta:
         await self.db.close()
 
     @asynccontextmanager
-    async def tx(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def tx(self, rollback: bool = False) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -73,7 +73,7 @@ class CustomerMeta:
             except BaseException:
                 await self.db.execute("ROLLBACK")
                 raise
-            await self.db.execute("COMMIT")
+            await self.db.execute("ROLLBACK" if rollback else "COMMIT")
 
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
         async with self.db.execute(sql, tuple(args)) as cur:
@@ -408,23 +408,6 @@ class CustomerMeta:
                 subjects.setdefault((repo_id, ref), []).append((repo_id, manifest))
         return manifests, tagged, children, subjects
 
-    async def gc_delete_manifest(self, repo_id: int, digest: str, cutoff: float | None) -> bool:
-        """Delete an untagged, old manifest that no remaining index lists; True if deleted."""
-        async with self.tx() as db:
-            cur = await db.execute(
-                "DELETE FROM manifests WHERE repo_id=? AND digest=? AND created_at < ? "
-                "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id=? AND t.digest=?) "
-                "AND NOT EXISTS (SELECT 1 FROM manifest_refs mr WHERE mr.repo_id=? "
-                "AND mr.ref=? AND mr.kind='manifest')",
-                (repo_id, digest, cutoff or 0, repo_id, digest, repo_id, digest),
-            )
-            if cur.rowcount == 0:
-                return False
-            await db.execute(
-                "DELETE FROM manifest_refs WHERE repo_id=? AND manifest=?", (repo_id, digest)
-            )
-            return True
-
     _UNREFERENCED_LINK = (
         "created_at < ? AND NOT EXISTS (SELECT 1 FROM manifest_refs mr "
         "WHERE mr.repo_id = repo_blobs.repo_id AND mr.ref = repo_blobs.digest) "
@@ -435,29 +418,51 @@ class CustomerMeta:
         "created_at < ? AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = blobs.digest)"
     )
 
-    async def gc_unlink_unreferenced(self, cutoff: float, dry_run: bool) -> int:
-        """Remove old links of blobs no manifest in their repository references."""
-        if dry_run:
-            row = await self._one(
-                f"SELECT COUNT(*) FROM repo_blobs WHERE {self._UNREFERENCED_LINK}", (cutoff,)
-            )
-            return row[0]
-        async with self.tx() as db:
+    async def gc_sweep(
+        self,
+        doomed: set[tuple[int, str]],
+        cutoff: float,
+        untagged_cutoff: float,
+        dry_run: bool,
+    ) -> tuple[int, int, dict[str, int]]:
+        """Delete unreachable manifests, then links no manifest references, then blobs no
+        repository links; return (manifests, links, released blobs → size).
+
+        One transaction: a dry run rolls it back, so it reports exactly what a run would do.
+        Every DELETE re-checks its condition, so what a concurrent push relies on stays.
+        """
+        manifests = 0
+        async with self.tx(rollback=dry_run) as db:
+            pending = set(doomed)
+            while pending:  # parents before children: repeat until a pass deletes nothing
+                deleted = set()
+                for repo_id, digest in pending:
+                    cur = await db.execute(
+                        "DELETE FROM manifests WHERE repo_id=? AND digest=? AND created_at < ? "
+                        "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id=? AND t.digest=?) "
+                        "AND NOT EXISTS (SELECT 1 FROM manifest_refs mr WHERE mr.repo_id=? "
+                        "AND mr.ref=? AND mr.kind='manifest')",
+                        (repo_id, digest, untagged_cutoff, repo_id, digest, repo_id, digest),
+                    )
+                    if cur.rowcount:
+                        await db.execute(
+                            "DELETE FROM manifest_refs WHERE repo_id=? AND manifest=?",
+                            (repo_id, digest),
+                        )
+                        deleted.add((repo_id, digest))
+                if not deleted:
+                    break
+                manifests += len(deleted)
+                pending -= deleted
             cur = await db.execute(
                 f"DELETE FROM repo_blobs WHERE {self._UNREFERENCED_LINK}", (cutoff,)
             )
-            return cur.rowcount
-
-    async def gc_release_blobs(self, cutoff: float, dry_run: bool) -> int:
-        """Forget blobs no repository of this customer links any more."""
-        if dry_run:
-            row = await self._one(
-                f"SELECT COUNT(*) FROM blobs WHERE {self._UNLINKED_BLOB}", (cutoff,)
-            )
-            return row[0]
-        async with self.tx() as db:
-            cur = await db.execute(f"DELETE FROM blobs WHERE {self._UNLINKED_BLOB}", (cutoff,))
-            return cur.rowcount
+            links = cur.rowcount
+            async with db.execute(
+                f"DELETE FROM blobs WHERE {self._UNLINKED_BLOB} RETURNING digest, size", (cutoff,)
+            ) as rows:
+                released = {r[0]: r[1] for r in await rows.fetchall()}
+        return manifests, links, released
 
     # Upload sessions
 

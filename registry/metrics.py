@@ -1,0 +1,82 @@
+"""Prometheus metrics of the registry (served at /metrics)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "dockyard_http_requests_total",
+    "HTTP requests",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "dockyard_http_request_duration_seconds",
+    "HTTP request latency",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+BYTES_RECEIVED = Counter(
+    "dockyard_blob_bytes_received_total", "Blob bytes received in uploads", registry=REGISTRY
+)
+BYTES_SENT = Counter(
+    "dockyard_blob_bytes_sent_total", "Blob bytes served (redirects excluded)", registry=REGISTRY
+)
+UPLOADS_IN_FLIGHT = Gauge(
+    "dockyard_uploads_in_flight", "Blob upload requests being received", registry=REGISTRY
+)
+DEDUP_SKIPS = Counter(
+    "dockyard_dedup_skips_total",
+    "Blob HEADs and mounts answered from another repository of the same customer",
+    registry=REGISTRY,
+)
+DEDUP_BYTES = Counter(
+    "dockyard_dedup_bytes_saved_total",
+    "Bytes clients did not have to upload thanks to dedup",
+    registry=REGISTRY,
+)
+STORAGE_ERRORS = Counter(
+    "dockyard_storage_errors_total", "Requests failed by the storage backend", registry=REGISTRY
+)
+GC_RUNS = Counter("dockyard_gc_runs_total", "Garbage collections", registry=REGISTRY)
+GC_BYTES = Counter("dockyard_gc_bytes_freed_total", "Bytes freed by GC", registry=REGISTRY)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        REQUESTS.labels(route, request.method, str(status)).inc()
+        LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
