@@ -51,7 +51,7 @@ def check(category: str, section: str, *, last: bool = False
 
     def register(func: Callable[[Context], str | None]) -> Callable[[Context], str | None]:
         name = func.__name__.removeprefix("check_").replace("_", "-")
-        title = (func.__doc__ or name).strip().splitlines()[0]
+        title = " ".join((func.__doc__ or name).strip().split("\n\n")[0].split())
         c = Check(category, name, section, title, func, last)
         if c.id in _CHECKS:
             raise ValueError(f"duplicate check {c.id}")

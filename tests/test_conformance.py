@@ -75,6 +75,16 @@ def test_every_check_has_an_id_title_and_spec_section() -> None:
     assert documented <= set(ids), f"unknown ids in the expected file: {documented - set(ids)}"
 
 
+def test_cli_lists_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    from conformance.__main__ import main
+
+    assert main(["--list", "--only", "referrers,management"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    wanted = [c for c in all_checks() if c.category in ("referrers", "management")]
+    assert [line.split(" — ")[0] for line in listed] == [c.id for c in wanted]
+    assert main(["--list", "--only", "nonsense"]) == 2
+
+
 def test_parse_bearer_and_basic_challenges() -> None:
     # spec: docker-auth-token.md "How to authenticate" (RFC 6750 §3 challenge syntax)
     [bearer] = parse_challenges([

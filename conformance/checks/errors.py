@@ -62,7 +62,9 @@ def check_every_error_body(ctx: Context) -> str | None:
             continue
         audited += 1
         try:
-            expect.error_codes(resp)
+            codes = expect.error_codes(resp)
+            if codes is None and expect.content_type(resp).endswith("json"):
+                raise expect.fail("Content-Type says JSON but the body does not parse", resp)
         except CheckFailed as exc:
             problems.append(str(exc))
     if problems:

@@ -21,7 +21,7 @@ DEFAULT_CHUNK = 4096
 
 
 def _blob_present(ctx: Context, blob: Blob, repo: str | None = None) -> None:
-    """GET the blob back: same bytes; HEAD: 200 (Pull › Pulling blobs)."""
+    """GET the blob back by digest: 200 and the same bytes (Pull › Pulling blobs)."""
     resp = ctx.client.get(ctx.blob_url(blob.digest, repo))
     expect.status(resp, 200, what="GET of the pushed blob")
     expect.true(resp.body == blob.data, "pulled blob differs from what was pushed", resp)
