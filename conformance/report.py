@@ -59,11 +59,12 @@ def junit(results: Results) -> str:
         for r in rows:
             case = ET.SubElement(suite, "testcase", classname=f"conformance.{cat}", name=r.name,
                                  time=f"{r.seconds:.3f}")
-            ET.SubElement(case, "system-out").text = f"{r.title}\nspec: {r.section}"
+            # JUnit's schema wants failure/skipped before system-out.
             if r.outcome == FAIL:
                 ET.SubElement(case, "failure", message=r.detail[:500]).text = r.detail
             elif r.outcome == SKIP:
                 ET.SubElement(case, "skipped", message=r.detail[:500])
+            ET.SubElement(case, "system-out").text = f"{r.title}\nspec: {r.section}"
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
