@@ -6,12 +6,15 @@ import argparse
 import ipaddress
 import logging
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from auth import cli as auth_cli
 from auth.config import AuthSettings
 from registry.config import Config, ConfigError, load_config
+from registry.events import NotificationSettings
+from registry.events import cli as events_cli
 
 from . import admin
 
@@ -81,6 +84,11 @@ def auth_settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str]:
     )
 
 
+def events_settings_for(args: argparse.Namespace) -> tuple[Path, NotificationSettings]:
+    config = config_from(args)
+    return config.data_dir, NotificationSettings.from_dict(config.section("notifications"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dockyard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     auth_cli.register(sub, auth_settings_for)
     admin.register(sub, _common, config_from)
+    events_cli.register(sub, events_settings_for)
     return parser
 
 
