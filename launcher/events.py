@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +27,11 @@ MANIFEST_MEDIA_TYPES = frozenset({
     "application/vnd.oci.image.index.v1+json",
 })
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-SIGNATURE_HEADERS = ("X-Dockyard-Signature", "X-Hub-Signature-256")
+# dockyard's outbox signs `Dockyard-Signature: t=<unix>,v1=<hex HMAC of "t." + body>` (several
+# v1 during a key rotation); GitHub-style senders use `X-Hub-Signature-256: sha256=<hex>`.
+SIGNATURE_HEADER = "Dockyard-Signature"
+GITHUB_SIGNATURE_HEADER = "X-Hub-Signature-256"
+SIGNATURE_TOLERANCE = 300.0  # seconds; an older signed delivery may be a replay
 MAX_ENVELOPE_BYTES = 1024 * 1024
 
 
@@ -69,9 +74,10 @@ def pushes(envelope: Any) -> list[Push]:
     return out
 
 
-def authorized(headers: Any, body: bytes, secret: str | None, hmac_key: str | None) -> bool:
+def authorized(headers: Any, body: bytes, secret: str | None, hmac_key: str | None,
+               *, now: float | None = None) -> bool:
     """A shared secret as `Authorization: Bearer …` (what distribution's endpoint `headers` can
-    send), or `sha256=<hex>` HMAC of the raw body under one of SIGNATURE_HEADERS."""
+    send), or an HMAC-SHA256 signature of the raw body (Dockyard-Signature or GitHub's)."""
     if secret:
         given = headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
@@ -80,14 +86,42 @@ def authorized(headers: Any, body: bytes, secret: str | None, hmac_key: str | No
         ):
             return True
     if hmac_key:
-        expected = "sha256=" + hmac.new(hmac_key.encode(), body, hashlib.sha256).hexdigest()
-        for name in SIGNATURE_HEADERS:
-            given = headers.get(name)
-            if given and hmac.compare_digest(given.strip().encode(), expected.encode()):
-                return True
+        if _dockyard_signature_ok(hmac_key, headers.get(SIGNATURE_HEADER), body, now):
+            return True
+        given = headers.get(GITHUB_SIGNATURE_HEADER)
+        if given and hmac.compare_digest(given.strip().encode(),
+                                         github_signature(hmac_key, body).encode()):
+            return True
     return False
 
 
-def sign(body: bytes, key: str) -> str:
-    """The signature header value a sender puts on `body` (for tests and other senders)."""
-    return "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+def _hmac(key: str, message: bytes) -> str:
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _dockyard_signature_ok(key: str, header: str | None, body: bytes, now: float | None) -> bool:
+    if not header:
+        return False
+    stamp, candidates = None, []
+    for item in header.split(","):
+        name, _, value = item.strip().partition("=")
+        if name == "t" and value.isdigit():
+            stamp = int(value)
+        elif name == "v1":
+            candidates.append(value)
+    if stamp is None or not candidates:
+        return False
+    if abs((time.time() if now is None else now) - stamp) > SIGNATURE_TOLERANCE:
+        return False
+    expected = _hmac(key, str(stamp).encode() + b"." + body)
+    return any(hmac.compare_digest(expected.encode(), c.encode()) for c in candidates)
+
+
+def dockyard_signature(key: str, body: bytes, stamp: int | None = None) -> str:
+    """The Dockyard-Signature value a sender puts on `body` (tests, scripts)."""
+    stamp = int(time.time()) if stamp is None else stamp
+    return f"t={stamp},v1={_hmac(key, str(stamp).encode() + b'.' + body)}"
+
+
+def github_signature(key: str, body: bytes) -> str:
+    return "sha256=" + _hmac(key, body)
