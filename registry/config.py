@@ -19,6 +19,13 @@ class HttpSettings:
     insecure: bool = False
     workers: int = 1
     shutdown_timeout: float = 30.0
+    # TLS: PEM certificate chain and key; with tls_client_ca, clients must present a certificate
+    # signed by it (mutual TLS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # HOST:PORT of a separate plain-HTTP listener for /metrics (then not served on addr).
+    metrics_addr: str | None = None
 
 
 @dataclass
@@ -47,6 +54,8 @@ class RegistrySettings:
     upload_expiry_seconds: int = 24 * 3600
     # Customer-wide layer dedup: a HEAD/mount in one repository finds blobs in the others.
     customer_dedup: bool = True
+    # Maintenance: reads are served, writes under /v2/ refused (SIGUSR1 toggles at runtime).
+    read_only: bool = False
 
 
 @dataclass
@@ -60,9 +69,17 @@ class GcSettings:
     interval_seconds: float = 0.0
 
 
+@dataclass
+class LogSettings:
+    level: str = "info"  # debug, info, warning, error
+    format: str = "auto"  # json, text, or auto (text on a terminal, json otherwise)
+    access_log: bool = True  # one line per HTTP request
+
+
 SECTIONS: dict[str, type] = {
     "gc": GcSettings,
     "http": HttpSettings,
+    "log": LogSettings,
     "storage": StorageSettings,
     "registry": RegistrySettings,
 }
@@ -75,6 +92,7 @@ class Config:
     storage: StorageSettings = field(default_factory=StorageSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     gc: GcSettings = field(default_factory=GcSettings)
+    log: LogSettings = field(default_factory=LogSettings)
     # Raw tables for the parts that parse their own settings.
     raw: dict[str, Any] = field(default_factory=dict)
 
