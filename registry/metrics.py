@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -12,6 +13,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -54,6 +56,68 @@ STORAGE_ERRORS = Counter(
 )
 GC_RUNS = Counter("dockyard_gc_runs_total", "Garbage collections", registry=REGISTRY)
 GC_BYTES = Counter("dockyard_gc_bytes_freed_total", "Bytes freed by GC", registry=REGISTRY)
+READ_ONLY = Gauge(
+    "dockyard_read_only", "1 while writes are refused (maintenance mode)", registry=REGISTRY
+)
+# Webhook gauges are read from the durable outbox at scrape time (dockyard/ops), so they agree
+# with `dockyard events stats` and include work of every process sharing the data directory.
+WEBHOOK_QUEUE = Gauge(
+    "dockyard_webhook_queue_depth",
+    "Webhook deliveries waiting to be delivered (pending or retrying)",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+WEBHOOK_OLDEST = Gauge(
+    "dockyard_webhook_oldest_pending_seconds",
+    "Age of the oldest webhook delivery still waiting",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERIES = Gauge(
+    "dockyard_webhook_deliveries",
+    "Webhook deliveries kept in the outbox (within retention) by status",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+)
+WEBHOOK_FAILED_ATTEMPTS = Gauge(
+    "dockyard_webhook_failed_attempts",
+    "Failed webhook delivery attempts kept in the outbox (within retention)",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+LAUNCHER_DEPLOYMENTS = Counter(
+    "dockyard_launcher_deployments_total",
+    "Launcher deployments entering each state",
+    ["state"],
+    registry=REGISTRY,
+)
+LAUNCHER_PLACEMENT = Histogram(
+    "dockyard_launcher_placement_seconds",
+    "Time to choose (or provision) an instance for a task",
+    ["outcome"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
+ProcessCollector(registry=REGISTRY)
+
+
+def record_gc(bytes_freed: int) -> None:
+    """A finished (not dry-run) garbage collection."""
+    GC_RUNS.inc()
+    GC_BYTES.inc(bytes_freed)
+
+
+async def record_deployment_event(event: dict[str, Any]) -> None:
+    """A launcher deployment event (launcher.service.DeploymentListener). The launcher imports
+    nothing of the registry: the composition root passes this in, next to the outbox."""
+    state = event.get("state")
+    if isinstance(state, str) and state:
+        LAUNCHER_DEPLOYMENTS.labels(state).inc()
+
+
+def record_placement(seconds: float, outcome: str = "placed") -> None:
+    """One placement decision of the launcher (outcome: placed, provisioned, no_capacity)."""
+    LAUNCHER_PLACEMENT.labels(outcome).observe(seconds)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
