@@ -8,6 +8,7 @@ free, so that several instances and other engineers' servers coexist.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -16,13 +17,18 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
+from yarl import URL
 
 from .net import free_port
 from .require import missing, require_binary
@@ -141,21 +147,26 @@ class SeaweedFS:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self) -> None:
-        """SIGTERM to our pid (weed needs 2-3 s to shut down), SIGKILL if it hangs."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to our pid (weed needs 2-3 s to shut down), SIGKILL if it hangs.
+
+        After a restart its volume server sometimes waits on an idle internal connection
+        for a minute before exiting; nothing is lost by killing it then.
+        """
         if self.proc is None:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
 
     def destroy(self) -> None:
-        self.stop()
+        # The data goes away with it: no need to wait long for a graceful exit.
+        self.stop(timeout=5.0)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def config_text(
@@ -201,3 +212,152 @@ def seaweed() -> Iterator[SeaweedFS]:
         yield server
     finally:
         server.destroy()
+
+
+# A counting proxy, to see exactly which S3 requests the registry makes.
+
+HOP_HEADERS = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "expect",
+    "content-length",
+}
+
+
+@dataclass(frozen=True)
+class S3Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+    status: int
+
+    @property
+    def key(self) -> str:
+        return self.path.lstrip("/").partition("/")[2]
+
+    @property
+    def operation(self) -> str:
+        """The S3 API operation, from the REST shape of the request."""
+        q, key, m = self.query, self.key, self.method
+        copy = "x-amz-copy-source" in self.headers
+        if m == "PUT":
+            if "partNumber" in q:
+                return "UploadPartCopy" if copy else "UploadPart"
+            if not key:
+                return "CreateBucket"
+            return "CopyObject" if copy else "PutObject"
+        if m == "POST":
+            if "uploads" in q:
+                return "CreateMultipartUpload"
+            if "uploadId" in q:
+                return "CompleteMultipartUpload"
+            return "DeleteObjects" if "delete" in q else "POST"
+        if m == "GET":
+            if not key:
+                if "uploads" in q:
+                    return "ListMultipartUploads"
+                return "ListObjectsV2" if q.get("list-type") == "2" else "ListObjects"
+            return "ListParts" if "uploadId" in q else "GetObject"
+        if m == "HEAD":
+            return "HeadObject" if key else "HeadBucket"
+        if m == "DELETE":
+            if "uploadId" in q:
+                return "AbortMultipartUpload"
+            return "DeleteObject" if key else "DeleteBucket"
+        return m
+
+    @property
+    def from_registry(self) -> bool:
+        """Made by dockyard's S3 client, not by a client following a presigned URL."""
+        return "botocore" in self.headers.get("user-agent", "")
+
+
+class CountingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of an S3 endpoint that records every request.
+
+    It runs its own event loop in a thread, so synchronous tests (docker, skopeo) can use it.
+    Headers go through untouched (Host included: SigV4 signs it), bodies are forwarded as sent.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._records: list[S3Request] = []
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    def start(self) -> CountingProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        return self
+
+    async def _start(self) -> None:
+        self._http = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        # Bodies here are single parts or small objects: reading them whole keeps this simple.
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        url = URL(self.upstream + request.raw_path, encoded=True)
+        assert self._http is not None
+        async with self._http.request(
+            request.method, url, headers=headers, data=body, allow_redirects=False
+        ) as upstream:
+            self._record(request, upstream.status)
+            out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in upstream.headers.items():
+                if name.lower() not in HOP_HEADERS:
+                    out.headers.add(name, value)
+            if upstream.content_length is not None:
+                out.content_length = upstream.content_length
+            await out.prepare(request)
+            if request.method != "HEAD":
+                async for chunk in upstream.content.iter_chunked(256 * 1024):
+                    await out.write(chunk)
+            await out.write_eof()
+            return out
+
+    def _record(self, request: web.Request, status: int) -> None:
+        record = S3Request(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            status=status,
+        )
+        with self._lock:
+            self._records.append(record)
+
+    def take(self) -> list[S3Request]:
+        """The requests recorded since the last call."""
+        with self._lock:
+            records, self._records = self._records, []
+        return records
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+            if self._http is not None:
+                await self._http.close()
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._loop.close()

@@ -1,0 +1,506 @@
+"""dockyard on S3, end to end: real `dockyard serve` processes on a real SeaweedFS.
+
+A counting proxy sits between the registry and SeaweedFS, so the tests see every S3 request:
+none may copy data server-side (ANCHORS 2), and HEAD, manifests, tags and the catalog must not
+reach S3 at all (ANCHORS 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import subprocess
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from registry.config import StorageSettings
+from registry.storage import StorageError
+from registry.storage.s3 import S3Store
+from tests.support.dockerd import DockerDaemon
+from tests.support.net import free_port
+from tests.support.require import require_binary
+from tests.support.seaweed import CountingProxy, S3Request, SeaweedFS, new_seaweed
+from tests.support.server import DockyardServer
+
+MIB = 1 << 20
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+COPY_OPERATIONS = {"CopyObject", "UploadPartCopy"}
+
+
+def payload(seed: str, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = require_binary("skopeo")
+    res = subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"skopeo {' '.join(args)}: {res.stderr}"
+    return res
+
+
+def operations(records: list[S3Request]) -> Counter[str]:
+    return Counter(r.operation for r in records if r.from_registry)
+
+
+def assert_no_copies(records: list[S3Request]) -> None:
+    copies = [r for r in records if "x-amz-copy-source" in r.headers]
+    copies += [r for r in records if r.operation in COPY_OPERATIONS]
+    assert not copies, f"server-side copies: {[(r.method, r.path) for r in copies]}"
+
+
+@pytest.fixture(scope="module")
+def proxy(seaweed: SeaweedFS) -> Iterator[CountingProxy]:
+    counting = CountingProxy(seaweed.endpoint).start()
+    yield counting
+    counting.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_server(
+    seaweed: SeaweedFS, proxy: CountingProxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DockyardServer]:
+    """dockyard streaming blobs from S3, through the counting proxy."""
+    text = seaweed.config_text("e2e", prefix="stream/", endpoint=proxy.endpoint)
+    with DockyardServer(tmp_path_factory.mktemp("s3") / "data", text) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redirect_server(
+    seaweed: SeaweedFS, proxy: CountingProxy, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DockyardServer]:
+    """dockyard answering blob GETs with 307 to presigned URLs (of the proxy, so they count)."""
+    text = seaweed.config_text("e2e", prefix="redirect/", endpoint=proxy.endpoint, redirect=True)
+    with DockyardServer(tmp_path_factory.mktemp("s3redirect") / "data", text) as server:
+        yield server
+
+
+# The protocol, driven with aiohttp
+
+
+async def chunks(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def start_upload(http: aiohttp.ClientSession, base: str, name: str) -> str:
+    async with http.post(f"{base}/v2/{name}/blobs/uploads/") as resp:
+        assert resp.status == 202, await resp.text()
+        return base + resp.headers["Location"]
+
+
+async def patch(
+    http: aiohttp.ClientSession, location: str, data: bytes, start: int
+) -> aiohttp.ClientResponse:
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Content-Range": f"{start}-{start + len(data) - 1}",
+        "Content-Length": str(len(data)),
+    }
+    async with http.patch(location, data=chunks(data), headers=headers) as resp:
+        await resp.read()
+        return resp
+
+
+async def finish(
+    http: aiohttp.ClientSession, location: str, digest: str, data: bytes = b"", start: int = 0
+) -> aiohttp.ClientResponse:
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}
+    if data:
+        headers["Content-Range"] = f"{start}-{start + len(data) - 1}"
+    sep = "&" if "?" in location else "?"
+    async with http.put(f"{location}{sep}digest={digest}", data=data, headers=headers) as resp:
+        await resp.read()
+        return resp
+
+
+async def push_chunked(
+    http: aiohttp.ClientSession, base: str, name: str, data: bytes, chunk: int
+) -> str:
+    location = await start_upload(http, base, name)
+    offset = 0
+    while offset < len(data):
+        piece = data[offset : offset + chunk]
+        resp = await patch(http, location, piece, offset)
+        assert resp.status == 202
+        location = base + resp.headers["Location"]
+        offset += len(piece)
+    resp = await finish(http, location, sha256(data))
+    assert resp.status == 201
+    return sha256(data)
+
+
+async def push_monolithic(http: aiohttp.ClientSession, base: str, name: str, data: bytes) -> str:
+    digest = sha256(data)
+    async with http.post(f"{base}/v2/{name}/blobs/uploads/?digest={digest}", data=data) as resp:
+        assert resp.status == 201, await resp.text()
+    return digest
+
+
+async def push_manifest(
+    http: aiohttp.ClientSession, base: str, name: str, tag: str, config: bytes, layers: list[bytes]
+) -> str:
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha256(layer),
+                    "size": len(layer),
+                }
+                for layer in layers
+            ],
+        }
+    ).encode()
+    headers = {"Content-Type": OCI_MANIFEST}
+    async with http.put(f"{base}/v2/{name}/manifests/{tag}", data=body, headers=headers) as resp:
+        assert resp.status == 201, await resp.text()
+    return sha256(body)
+
+
+async def fetch_blob(http: aiohttp.ClientSession, base: str, name: str, digest: str) -> bytes:
+    async with http.get(f"{base}/v2/{name}/blobs/{digest}") as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.read()
+
+
+# Zero copies, and which requests reach S3
+
+
+async def test_s3_requests_per_layer_and_zero_copies(
+    s3_server: DockyardServer, proxy: CountingProxy, seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    base, name = s3_server.url, "acme/count"
+    big = payload("count-big", 12 * MIB)  # parts of 5 MiB: two full ones, a 2 MiB tail
+    small = payload("count-small", 300 * 1024)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "seed": "count"}).encode()
+    proxy.take()
+    seen: list[S3Request] = []
+
+    def take() -> list[S3Request]:
+        records = proxy.take()
+        seen.extend(records)
+        return records
+
+    async with aiohttp.ClientSession() as http:
+        # A layer sent in 4 MiB chunks, as a chunked client would (spec: end-5).
+        await push_chunked(http, base, name, big, 4 * MIB)
+        big_ops = operations(take())
+        await push_monolithic(http, base, name, small)
+        small_ops = operations(take())
+        await push_monolithic(http, base, name, config)
+        digest = await push_manifest(http, base, name, "1", config, [big, small])
+        rest_ops = operations(take())
+
+        # The multipart upload is completed where it was written: nothing is copied.
+        assert big_ops == {
+            "CreateMultipartUpload": 1,
+            "UploadPart": 3,
+            "CompleteMultipartUpload": 1,
+        }
+        assert small_ops == {"PutObject": 1}  # a blob under one part never starts a multipart
+        assert rest_ops == {"PutObject": 2}  # the config blob and the manifest
+
+        # Metadata answers never touch S3 (ANCHORS 3).
+        for method, path in [
+            ("HEAD", f"/v2/{name}/blobs/{sha256(big)}"),
+            ("HEAD", f"/v2/{name}/blobs/{sha256(small)}"),
+            ("GET", f"/v2/{name}/manifests/1"),
+            ("HEAD", f"/v2/{name}/manifests/1"),
+            ("GET", f"/v2/{name}/manifests/{digest}"),
+            ("HEAD", f"/v2/{name}/manifests/{digest}"),
+            ("GET", f"/v2/{name}/tags/list"),
+            ("GET", "/v2/_catalog"),
+        ]:
+            headers = {"Accept": OCI_MANIFEST}
+            async with http.request(method, base + path, headers=headers) as resp:
+                assert resp.status == 200, (method, path, resp.status)
+        assert take() == []
+
+        # A ranged blob GET is one ranged GetObject, streamed through.
+        wanted = f"bytes={5 * MIB - 10}-{5 * MIB + 9}"
+        async with http.get(
+            f"{base}/v2/{name}/blobs/{sha256(big)}", headers={"Range": wanted}
+        ) as resp:
+            assert resp.status == 206
+            assert await resp.read() == big[5 * MIB - 10 : 5 * MIB + 10]
+        gets = [r for r in take() if r.from_registry]
+        assert [r.operation for r in gets] == ["GetObject"]
+        assert gets[0].headers["range"] == wanted
+
+        # Another customer pushes the same layer: it is uploaded (knowing a digest grants
+        # nothing), then the duplicate object is deleted, never copied.
+        await push_chunked(http, base, "other/count", big, 12 * MIB)
+        dup_ops = operations(take())
+        assert dup_ops["DeleteObject"] == 1
+        assert await fetch_blob(http, base, "other/count", sha256(big)) == big
+        take()
+
+    assert_no_copies(seen)
+    written = {r.key for r in seen if r.operation in ("PutObject", "CompleteMultipartUpload")}
+    deleted = {r.key for r in seen if r.operation == "DeleteObject"}
+    # One stored object per digest: the two layers, the config and the manifest.
+    assert len(written - deleted) == 4 and len(deleted) == 1
+    store = S3Store(
+        StorageSettings(
+            driver="s3",
+            endpoint=seaweed.endpoint,
+            bucket="e2e",
+            prefix="stream/",
+            access_key=seaweed.access_key,
+            secret_key=seaweed.secret_key,
+        ),
+        tmp_path,
+    )
+    await store.start()
+    try:
+        listed = {store.base + key async for key, _ in store.list_blob_keys()}
+    finally:
+        await store.close()
+    assert written - deleted <= listed
+    assert not deleted & listed
+
+
+# Real clients
+
+
+def test_docker_push_pull_run_on_s3(
+    s3_server: DockyardServer, proxy: CountingProxy, dockerd: DockerDaemon, busybox: str
+) -> None:
+    ref = f"{s3_server.host}/acme/web"
+    layers = [payload("s3-docker-a", 256 * 1024), payload("s3-docker-b", 6 * MIB)]
+    dockerd.build_layers(busybox, f"{ref}:1", layers)
+    proxy.take()
+    out = dockerd.cli("push", f"{ref}:1").stdout
+    digest = out.split("digest: ")[1].split()[0]
+    pushed = proxy.take()
+    assert_no_copies(pushed)
+    # The 6 MiB layer went up as a multipart upload, completed in place.
+    assert operations(pushed)["CompleteMultipartUpload"] >= 1
+
+    dockerd.cli("rmi", f"{ref}:1")
+    dockerd.cli("pull", f"{ref}@{digest}")
+    run = dockerd.cli(
+        "run", "--rm", "--network", "none", f"{ref}@{digest}", "sh", "-c", "cat /data/*.bin | wc -c"
+    )
+    assert run.stdout.strip() == str(sum(len(layer) for layer in layers))
+    assert_no_copies(proxy.take())
+
+
+def test_skopeo_round_trip_on_s3(
+    s3_server: DockyardServer, dockerd: DockerDaemon, busybox: str, tmp_path: Path
+) -> None:
+    ref = f"{s3_server.host}/acme/tools"
+    dockerd.build_layers(busybox, f"{ref}:src", [payload("s3-skopeo", 5 * MIB + 1)])
+    dockerd.cli("push", f"{ref}:src")
+    layout = tmp_path / "layout"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{ref}:src", f"oci:{layout}:img")
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:img", f"docker://{ref}:copy")
+    src = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{ref}:src").stdout)
+    copy = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{ref}:copy").stdout)
+    assert copy["Layers"] == src["Layers"]
+    # And back out again: skopeo verifies every blob digest it reads.
+    out = tmp_path / "out"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{ref}:copy", f"oci:{out}:img")
+    for layer in copy["Layers"]:
+        blob = (out / "blobs" / "sha256" / layer.split(":")[1]).read_bytes()
+        assert sha256(blob) == layer
+
+
+# Redirect mode
+
+
+async def test_redirect_answers_307_to_a_presigned_url(
+    redirect_server: DockyardServer, proxy: CountingProxy
+) -> None:
+    base, name = redirect_server.url, "acme/redirect"
+    data = payload("redirect", 2 * MIB)
+    async with aiohttp.ClientSession() as http:
+        digest = await push_monolithic(http, base, name, data)
+        proxy.take()
+        async with http.get(f"{base}/v2/{name}/blobs/{digest}", allow_redirects=False) as resp:
+            assert resp.status == 307
+            location = resp.headers["Location"]
+            assert resp.headers["Docker-Content-Digest"] == digest
+        assert location.startswith(proxy.endpoint)
+        assert "X-Amz-Signature=" in location and "X-Amz-Expires=300" in location
+        # Presigning is local: the registry itself made no request to S3.
+        assert operations(proxy.take()) == {}
+
+        async with http.get(location, headers={"Range": "bytes=100-199"}) as resp:
+            assert resp.status == 206
+            assert await resp.read() == data[100:200]
+        async with http.get(f"{base}/v2/{name}/blobs/{digest}") as resp:  # followed
+            assert await resp.read() == data
+        # A tampered URL is refused by S3.
+        async with http.get(location.replace("X-Amz-Expires=300", "X-Amz-Expires=301")) as resp:
+            assert resp.status == 403
+
+
+def test_docker_and_skopeo_pull_through_redirects(
+    redirect_server: DockyardServer,
+    proxy: CountingProxy,
+    dockerd: DockerDaemon,
+    busybox: str,
+    tmp_path: Path,
+) -> None:
+    ref = f"{redirect_server.host}/acme/redirected"
+    layers = [payload("redirect-docker", 6 * MIB)]
+    dockerd.build_layers(busybox, f"{ref}:1", layers)
+    out = dockerd.cli("push", f"{ref}:1").stdout
+    digest = out.split("digest: ")[1].split()[0]
+    dockerd.cli("rmi", f"{ref}:1")
+    proxy.take()
+    dockerd.cli("pull", f"{ref}@{digest}")
+    pulled = proxy.take()
+    # Docker fetched the blobs from S3 itself, with presigned URLs; the registry did not.
+    assert [r for r in pulled if r.operation == "GetObject" and not r.from_registry]
+    assert not [r for r in pulled if r.operation == "GetObject" and r.from_registry]
+    size = dockerd.cli(
+        "run", "--rm", "--network", "none", f"{ref}@{digest}", "sh", "-c", "cat /data/*.bin | wc -c"
+    )
+    assert size.stdout.strip() == str(len(layers[0]))
+
+    layout = tmp_path / "layout"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{ref}@{digest}", f"oci:{layout}:img")
+    manifest = json.loads(
+        skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{ref}:1").stdout
+    )
+    for layer in manifest["layers"]:
+        blob = (layout / "blobs" / "sha256" / layer["digest"].split(":")[1]).read_bytes()
+        assert sha256(blob) == layer["digest"]
+
+
+# Failures
+
+
+@pytest.fixture
+def own_seaweed() -> Iterator[SeaweedFS]:
+    """A SeaweedFS this test may stop and start without disturbing the others."""
+    server = new_seaweed()
+    server.start()
+    yield server
+    server.destroy()
+
+
+def error_code(body: bytes) -> str:
+    return json.loads(body)["errors"][0]["code"]
+
+
+async def test_seaweedfs_stopped_mid_push_then_the_push_resumes(
+    own_seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    text = own_seaweed.config_text("fault", max_retries=1)
+    server = DockyardServer(tmp_path / "data", text).start()
+    base, name = server.url, "acme/fault"
+    layer = payload("fault-layer", 13 * MIB + 5)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "seed": "fault"}).encode()
+    try:
+        async with aiohttp.ClientSession() as http:
+            await push_monolithic(http, base, name, config)
+            location = await start_upload(http, base, name)
+            first = layer[: 6 * MIB]  # part 1 reaches S3 while it is up
+            resp = await patch(http, location, first, 0)
+            assert resp.status == 202
+            location = base + resp.headers["Location"]
+
+            await asyncio.to_thread(own_seaweed.stop)
+
+            # The next chunk completes part 2, which cannot be stored: a spec error, 5xx.
+            second = layer[6 * MIB : 11 * MIB]
+            async with http.patch(
+                location,
+                data=chunks(second),
+                headers={
+                    "Content-Range": f"{6 * MIB}-{11 * MIB - 1}",
+                    "Content-Length": str(len(second)),
+                },
+            ) as resp:
+                assert resp.status >= 500
+                assert resp.content_type == "application/json"
+                assert error_code(await resp.read()) == "UNAVAILABLE"
+            # The session stays at its old offset; the blob is not visible.
+            async with http.get(location) as resp:
+                assert resp.status == 204
+                assert resp.headers["Range"] == f"0-{6 * MIB - 1}"
+            async with http.head(f"{base}/v2/{name}/blobs/{sha256(layer)}") as resp:
+                assert resp.status == 404
+            # Metadata still answers; blob bytes cannot be had and say so.
+            async with http.head(f"{base}/v2/{name}/blobs/{sha256(config)}") as resp:
+                assert resp.status == 200
+            async with http.get(f"{base}/v2/{name}/blobs/{sha256(config)}") as resp:
+                assert resp.status >= 500
+                assert error_code(await resp.read()) == "UNAVAILABLE"
+            # Committing now fails the same way and changes nothing.
+            resp = await finish(http, location, sha256(layer), layer[6 * MIB :], 6 * MIB)
+            assert resp.status >= 500
+
+            await asyncio.to_thread(own_seaweed.start)
+
+            # The client resumes from the offset the registry reports.
+            resp = await patch(http, location, second, 6 * MIB)
+            assert resp.status == 202, resp.status
+            resp = await finish(http, location, sha256(layer), layer[11 * MIB :], 11 * MIB)
+            assert resp.status == 201
+            digest = await push_manifest(http, base, name, "1", config, [layer])
+
+            # Every digest verifies on the way back out.
+            assert sha256(await fetch_blob(http, base, name, sha256(layer))) == sha256(layer)
+            assert sha256(await fetch_blob(http, base, name, sha256(config))) == sha256(config)
+            async with http.get(
+                f"{base}/v2/{name}/manifests/1", headers={"Accept": OCI_MANIFEST}
+            ) as resp:
+                assert sha256(await resp.read()) == digest
+    finally:
+        server.stop()
+
+
+def test_startup_fails_clearly_on_bad_credentials(seaweed: SeaweedFS, tmp_path: Path) -> None:
+    text = seaweed.config_text("startup").replace(seaweed.secret_key, "not-the-secret")
+    with pytest.raises(RuntimeError) as failed:
+        DockyardServer(tmp_path / "data", text).start()
+    assert "S3 refused access to bucket 'startup'" in str(failed.value)
+
+
+def test_startup_fails_clearly_on_an_unreachable_endpoint(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    text = seaweed.config_text("startup", endpoint=nowhere, max_retries=0)
+    with pytest.raises(RuntimeError) as failed:
+        DockyardServer(tmp_path / "data", text).start()
+    assert f"cannot reach S3 for bucket 'startup' at {nowhere}" in str(failed.value)
+
+
+async def test_startup_needs_the_bucket_unless_told_to_create_it(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    settings = StorageSettings(
+        driver="s3",
+        endpoint=seaweed.endpoint,
+        bucket="never-created",
+        access_key=seaweed.access_key,
+        secret_key=seaweed.secret_key,
+        create_bucket=False,
+    )
+    store = S3Store(settings, tmp_path)
+    with pytest.raises(StorageError, match="does not exist: create it, or set"):
+        await store.start()
+    await store.close()
