@@ -19,6 +19,8 @@ from registry.events.admin import add_admin_routes
 from registry.gc import InUseHook
 from registry.service import Change, Registry
 
+from .ops import setup_ops
+
 OUTBOX = web.AppKey("outbox", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -108,4 +110,6 @@ async def build_app(config: Config) -> web.Application:
 
         app.on_cleanup.append(close_auth)
     setup_events(app, config, registry)
+    # /healthz, /readyz, /metrics, read-only mode, periodic GC (dockyard/ops).
+    setup_ops(app, config, registry, outbox=lambda: app.get(OUTBOX), gc_hooks=gc_hooks(config))
     return app

@@ -20,7 +20,7 @@ from .errors import (
 from .handlers import blobs, discovery, manifests, uploads
 from .handlers.base import REGISTRY, REQUEST_ID
 from .metadata import MetadataStore
-from .metrics import STORAGE_ERRORS, metrics_handler, metrics_middleware
+from .metrics import STORAGE_ERRORS, metrics_middleware
 from .service import Registry
 from .storage import StorageError, make_store
 
@@ -101,7 +101,6 @@ def setup_registry(app: web.Application, registry: Registry) -> None:
     app[REGISTRY] = registry
     app.middlewares.append(metrics_middleware)
     app.middlewares.append(error_middleware)
-    app.router.add_get("/metrics", metrics_handler)
     app.on_response_prepare.append(_stamp)
     add_routes(app)
 

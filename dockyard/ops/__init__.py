@@ -1,0 +1,171 @@
+"""Operations: health and readiness, /metrics, read-only mode, shutdown, periodic GC, event logs.
+
+The composition root calls `setup_ops(app, config, registry, ...)` once, after the registry,
+auth and events are mounted. TLS (`server_ssl_context`) and the access log
+(`dockyard.logs.AccessLogger`) are arguments of `web.run_app`, so `dockyard serve` applies them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from registry.config import Config
+from registry.gc import InUseHook
+from registry.service import Change, Registry
+
+from .gc import periodic_gc
+from .health import Readiness, health_routes
+from .metrics import metrics_handler, separate_listener, webhook_refresher
+from .readonly import ReadOnlyMode, admin_routes, read_only_middleware
+from .tls import server_ssl_context
+
+log = logging.getLogger("dockyard.ops")
+
+READ_ONLY = web.AppKey("read_only", ReadOnlyMode)
+READINESS = web.AppKey("readiness", Readiness)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+__all__ = ["READINESS", "READ_ONLY", "ReadOnlyMode", "server_ssl_context", "setup_ops"]
+
+
+def split_addr(addr: str, key: str) -> tuple[str, int]:
+    from registry.config import ConfigError
+
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: {addr!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class InFlight:
+    """Requests being handled, so a shutdown can say what it waits for."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def middleware(self) -> Callable:
+        @web.middleware
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+            self.count += 1
+            try:
+                return await handler(request)
+            finally:
+                self.count -= 1
+
+        return count
+
+
+def change_logger() -> Callable[[Change], Awaitable[None]]:
+    """Log every manifest push and delete (registry listener), one searchable record each."""
+    events = logging.getLogger("dockyard.events")
+
+    async def log_change(change: Change) -> None:
+        ref = f"{change.repository}:{change.tag}" if change.tag else change.repository
+        events.info(
+            "manifest %s %s@%s",
+            "pushed" if change.action == "push" else "deleted",
+            ref,
+            change.digest,
+            extra={
+                "event": f"manifest_{change.action}",
+                "customer": change.customer,
+                "repository": change.repository,
+                "tag": change.tag,
+                "digest": change.digest,
+                "media_type": change.media_type,
+                "size": change.size,
+                "request_id": change.origin.request_id,
+                "user": change.origin.subject,
+            },
+        )
+
+    return log_change
+
+
+def setup_ops(
+    app: web.Application,
+    config: Config,
+    registry: Registry,
+    *,
+    outbox: Callable[[], Any] = lambda: None,
+    gc_hooks: list[InUseHook] | None = None,
+) -> None:
+    """Mount /healthz, /readyz, /metrics (or its own listener), /admin/read-only; refuse writes
+    in read-only mode; run periodic GC; log manifest changes; log and drain on shutdown.
+
+    `outbox` returns the event outbox once it is open (for webhook metrics and readiness)."""
+    mode = ReadOnlyMode(config.registry.read_only)
+    readiness = Readiness(registry, mode)
+    in_flight = InFlight()
+    app[READ_ONLY] = mode
+    app[READINESS] = readiness
+    app.middlewares.insert(0, in_flight.middleware())
+    app.middlewares.append(read_only_middleware(mode))
+    registry.listeners.append(change_logger())
+
+    serve_metrics = metrics_handler([webhook_refresher(outbox)])
+
+    def probe_routes(target: web.Application) -> None:
+        health_routes(target, readiness)
+        target.router.add_get("/metrics", serve_metrics)
+
+    if config.http.metrics_addr:
+        host, port = split_addr(config.http.metrics_addr, "http.metrics_addr")
+        health_routes(app, readiness)
+        app.cleanup_ctx.append(separate_listener(host, port, probe_routes))
+    else:
+        probe_routes(app)
+    admin_routes(app, mode)
+
+    if config.gc.interval_seconds > 0:
+        app.cleanup_ctx.append(
+            periodic_gc(registry, gc_hooks or [], mode, config.gc.interval_seconds)
+        )
+
+    async def started(_: web.Application) -> None:
+        box = outbox()
+        if box is not None:
+
+            async def events_db() -> None:
+                async with box.reading() as db, db.execute("SELECT 1") as cur:
+                    await cur.fetchone()
+
+            readiness.checks["events"] = events_db
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            # Only where signals can be handled (the main thread of `dockyard serve`).
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, mode.toggle, "SIGUSR1")
+
+    async def draining(_: web.Application) -> None:
+        # on_shutdown runs once the listener is closed, before in-flight requests are awaited.
+        readiness.draining = True
+        log.info(
+            "shutting down: no new connections; waiting up to %gs for %d request(s) in flight",
+            config.http.shutdown_timeout,
+            in_flight.count,
+            extra={"event": "shutdown", "in_flight": in_flight.count},
+        )
+
+    async def stopped(_: web.Application) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
+        if in_flight.count:
+            log.warning(
+                "stopped with %d request(s) still in flight (shutdown_timeout %gs)",
+                in_flight.count,
+                config.http.shutdown_timeout,
+                extra={"event": "stopped", "in_flight": in_flight.count},
+            )
+        else:
+            log.info("stopped", extra={"event": "stopped"})
+
+    app.on_startup.append(started)
+    app.on_shutdown.append(draining)
+    app.on_cleanup.append(stopped)

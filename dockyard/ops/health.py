@@ -1,0 +1,92 @@
+"""Health endpoints for load balancers and orchestrators, outside /v2/ and unauthenticated.
+
+- `/healthz`: the process is up and its event loop answers (liveness).
+- `/readyz`: the blob store, the metadata databases and the event outbox answer (readiness);
+  503 with a JSON reason otherwise, and while the server drains on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from registry.service import Registry
+
+from .readonly import ReadOnlyMode
+
+log = logging.getLogger("dockyard.ops")
+
+# A probe that hangs is a failed probe; load balancers time out after a few seconds too.
+CHECK_TIMEOUT = 5.0
+
+Check = Callable[[], Awaitable[None]]
+
+
+class Readiness:
+    def __init__(self, registry: Registry, mode: ReadOnlyMode) -> None:
+        self.registry = registry
+        self.mode = mode
+        self.checks: dict[str, Check] = {
+            "storage": registry.store.check,
+            "metadata": self._metadata,
+        }
+        self.draining = False
+        self._last_ready: bool | None = None
+
+    async def _metadata(self) -> None:
+        async with self.registry.meta.index.db.execute("SELECT 1") as cur:
+            await cur.fetchone()
+        if not self.registry.meta.root.is_dir():
+            raise OSError(f"metadata directory {self.registry.meta.root} is missing")
+
+    async def _run(self, check: Check) -> str:
+        try:
+            await asyncio.wait_for(check(), CHECK_TIMEOUT)
+            return "ok"
+        except TimeoutError:
+            return f"no answer within {CHECK_TIMEOUT:g}s"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    async def probe(self) -> tuple[bool, dict[str, Any]]:
+        names = list(self.checks)
+        results = await asyncio.gather(*(self._run(self.checks[n]) for n in names))
+        checks = dict(zip(names, results, strict=True))
+        failed = [f"{n}: {r}" for n, r in checks.items() if r != "ok"]
+        if self.draining:
+            failed.insert(0, "shutting down")
+        ready = not failed
+        body: dict[str, Any] = {
+            "status": "ready" if ready else "unavailable",
+            "checks": checks,
+            "read_only": self.mode.enabled,
+        }
+        if failed:
+            body["reason"] = "; ".join(failed)
+        if ready != self._last_ready:
+            # Transitions only: a probe every few seconds must not flood the log.
+            level = logging.INFO if ready else logging.WARNING
+            log.log(
+                level,
+                "readiness: %s",
+                "ready" if ready else body["reason"],
+                extra={"event": "readiness", "ready": ready},
+            )
+            self._last_ready = ready
+        return ready, body
+
+
+def health_routes(app: web.Application, readiness: Readiness) -> None:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready, body = await readiness.probe()
+        return web.json_response(body, status=200 if ready else 503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
