@@ -16,7 +16,12 @@ from registry.config import Config, ConfigError, load_config
 from registry.events import NotificationSettings
 from registry.events import cli as events_cli
 
-from . import admin
+from . import admin, checkconfig
+from .logs import ACCESS_LOGGER, AccessLogger, setup_logging
+from .ops.schema import apply_env
+from .ops.tls import server_ssl_context
+
+log = logging.getLogger("dockyard")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +30,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    return load_config(args.config, data_dir=args.data)
+    config = load_config(args.config, data_dir=args.data)
+    apply_env(config)  # DOCKYARD_<SECTION>_<KEY> of the sections other parts parse
+    return config
 
 
 def _is_loopback(host: str) -> bool:
@@ -48,6 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import build_app
 
     config = config_from(args)
+    setup_logging(config.log)
+    for key in config.raw.get("_unknown", []):
+        log.warning("unknown configuration key %s (ignored; see dockyard check-config)", key)
     if args.addr:
         config.http.addr = args.addr
     if args.insecure:
@@ -62,14 +72,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    ssl_context = server_ssl_context(config.http)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(config)
-    print(f"dockyard: serving on http://{host}:{port} (data {config.data_dir})", flush=True)
+    scheme = "https" if ssl_context else "http"
+    log.info(
+        "serving on %s://%s:%d (data %s)",
+        scheme,
+        host,
+        port,
+        config.data_dir,
+        extra={"event": "listening", "url": f"{scheme}://{host}:{port}"},
+    )
     web.run_app(
         app,
         host=host,
         port=port,
-        access_log=None,
+        ssl_context=ssl_context,
+        access_log=logging.getLogger(ACCESS_LOGGER) if config.log.access_log else None,
+        access_log_class=AccessLogger,
         print=None,
         shutdown_timeout=config.http.shutdown_timeout,
         reuse_port=config.http.workers > 1,
@@ -107,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     auth_cli.register(sub, auth_settings_for)
     admin.register(sub, _common, config_from)
     events_cli.register(sub, events_settings_for)
+    checkconfig.register(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ from typing import IO, Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
-from registry.config import LogSettings
+from registry.config import ConfigError, LogSettings
 from registry.handlers.base import REGISTRY, REQUEST_ID
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -81,6 +81,9 @@ def check_settings(settings: LogSettings) -> list[str]:
 
 def setup_logging(settings: LogSettings, stream: IO[str] | None = None) -> None:
     """Replace the root logger's handlers with one writing `settings.format` to `stream`."""
+    problems = check_settings(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
     stream = stream or sys.stderr
     fmt = settings.format
     if fmt == "auto":

@@ -14,9 +14,12 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 
+# No `*_created` series: they double the scrape and Prometheus does not use them.
+disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 REQUESTS = Counter(
