@@ -36,6 +36,9 @@ class Instances:
                 settings.local_provider, settings.cluster, settings.state_dir / "instances"
             )
         self._provision_lock = asyncio.Lock()
+        # The placer's lock (set by the Launcher): removal must not race a placement that just
+        # chose the instance.
+        self.placement_lock = asyncio.Lock()
 
     # --- registration -----------------------------------------------------------------------
 
@@ -127,8 +130,9 @@ class Instances:
         return await self.store.update_instance(inst["id"], status=status)
 
     async def remove(self, ident: str) -> None:
-        inst = await self.store.get_instance(ident)
-        await self.store.delete_instance(inst["id"])  # refuses while tasks remain
+        async with self.placement_lock:
+            inst = await self.store.get_instance(ident)
+            await self.store.delete_instance(inst["id"])  # refuses while tasks remain
         self.engines.forget(inst["endpoint"])
         if inst["origin"] == "provider" and self.provider is not None:
             await self.provider.destroy(inst["provider_state"])
@@ -182,12 +186,18 @@ class Instances:
         now = time.time()
         warm = {name: 0 for name in self.settings.warm_pool}
         for inst in instances:
-            if inst["pool"] and inst["type"] in warm:
+            if inst["pool"] and inst["type"] in warm and inst["id"] not in busy:
                 warm[inst["type"]] += 1
         for inst in instances:
-            if inst["origin"] != "provider" or inst["pool"] or inst["id"] in busy:
-                if inst["idle_since"] is not None and inst["id"] in busy:
-                    await self.store.update_instance(inst["id"], idle_since=None)
+            if inst["origin"] != "provider":
+                continue
+            if inst["id"] in busy:
+                # In use: not idle, and not warm either (a task may have landed on an instance
+                # this loop had just put back into the pool).
+                if inst["pool"] or inst["idle_since"] is not None:
+                    await self.store.update_instance(inst["id"], pool=0, idle_since=None)
+                continue
+            if inst["pool"]:
                 continue
             if inst["idle_since"] is None:
                 await self.store.update_instance(inst["id"], idle_since=now)

@@ -110,7 +110,7 @@ class Reconciler:
                 reason = "; ".join(f"container {c['Labels'].get(LABEL_CONTAINER)}: {c['Status']}"
                                    for c in dead)
             else:
-                reason = "containers vanished from the instance"
+                reason = "container(s) gone from the instance"
         elif task["status"] == "STOPPING":
             reason = task["reason"] or "stopped"
         else:

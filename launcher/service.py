@@ -56,6 +56,7 @@ class Launcher:
         self.instances = Instances(settings, self.store, self.engines)
         provision = self.instances.provision if self.instances.provider else None
         self.placer = Placer(self.store, settings.instance_types, settings.port_range, provision)
+        self.instances.placement_lock = self.placer.lock
         self.runner = TaskRunner(settings, self.store, self.engines, self.placer)
         self.deployments = Deployments(settings, self.store, self.runner, on_deployment_event)
         self.reconciler = Reconciler(settings, self.store, self.engines, self.runner)

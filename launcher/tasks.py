@@ -24,7 +24,7 @@ from launcher.engine import (
     LABEL_TASK_DEFINITION,
     Engines,
 )
-from launcher.errors import EngineError, LauncherError, TaskFailed
+from launcher.errors import EngineError, LauncherError, NotFound, TaskFailed
 from launcher.model import task_resources
 from launcher.placement import Placer
 from launcher.store import Store, new_id
@@ -198,7 +198,10 @@ class TaskRunner:
     async def check(self, task: dict[str, Any], task_def: dict[str, Any]
                     ) -> tuple[str, str | None]:
         """HEALTHY, STARTING or FAILED (with why) for a RUNNING task, recorded on the row."""
-        inst = await self.store.get_instance(task["instanceId"])
+        try:
+            inst = await self.store.get_instance(task["instanceId"])
+        except NotFound:
+            return FAILED, "its instance was removed"
         engine = self.engines.get(inst["endpoint"])
         expected = {c["name"] for c in task_def["containerDefinitions"]}
         if {c["name"] for c in task["containers"]} != expected:
@@ -264,11 +267,14 @@ class TaskRunner:
         logs = None
         containers = task["containers"] or await self._labelled(engine, task["id"])
         for c in containers:
-            try:
-                if capture_logs:
+            if capture_logs:
+                try:
                     tail = await engine.logs(c["id"], tail=LOG_TAIL)
-                    if tail:
-                        logs = (logs or "") + f"--- {c['name']}\n{tail}"
+                except EngineError:
+                    tail = ""  # already dead or being removed: nothing left to read
+                if tail:
+                    logs = (logs or "") + f"--- {c['name']}\n{tail}"
+            try:
                 await engine.stop_and_remove(c["id"], self.settings.stop_timeout)
             except EngineError as exc:
                 log.warning("stopping %s of task %s: %s", c["name"], task["id"][:12], exc)

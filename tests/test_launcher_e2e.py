@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime
@@ -33,7 +34,13 @@ from aiohttp import web
 from launcher.config import LauncherSettings
 from launcher.events import ENVELOPE_MEDIA_TYPE
 from launcher.service import Launcher
-from tests.support.engines import EngineProcess, docker_engines, import_image, push
+from tests.support.engines import (
+    EngineProcess,
+    docker_engines,
+    htpasswd_line,
+    import_image,
+    push,
+)
 from tests.support.reference import free_port, reference_registry
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -47,7 +54,7 @@ TYPES = {
     "xlarge": {"cpu": 2048, "memory": 2048},
 }
 TERMINAL = ("SUCCESSFUL", "FAILED", "ROLLED_BACK")
-HTTPD = "exec httpd -f -p $PORT -h /www"
+HTTPD = 'echo "$GREETING from $DOCKYARD_SERVICE on $PORT"; exec httpd -f -p $PORT -h /www'
 
 
 def web_task(family: str, repository: str, *, cpu: int, memory: int,
@@ -144,15 +151,23 @@ def launcher_port() -> int:
     return free_port()
 
 
+ROBOT, ROBOT_PASSWORD = "robot-deployer", "pw-" + uuid.uuid4().hex
+
+
 @pytest.fixture(scope="module")
-def registry(launcher_port):
-    notifications = {"notifications": {"endpoints": [{
+def registry(launcher_port, workdir):
+    """The reference registry with basic auth on: the launcher pulls with a robot credential."""
+    htpasswd = workdir / "htpasswd"
+    htpasswd.write_text(htpasswd_line(ROBOT, ROBOT_PASSWORD))
+    extra = {
+        "auth": {"htpasswd": {"realm": "dockyard-test", "path": str(htpasswd)}},
+        "notifications": {"endpoints": [{
         "name": "launcher",
         "url": f"http://127.0.0.1:{launcher_port}/launcher/v1/events",
         "headers": {"Authorization": [f"Bearer {SECRET}"]},
         "timeout": "3s", "threshold": 3, "backoff": "1s",
     }]}}
-    with reference_registry(notifications) as reg:
+    with reference_registry(extra) as reg:
         yield reg
 
 
@@ -171,6 +186,7 @@ def launcher_section(engines: dict[str, EngineProcess], registry, run_root: path
         "cluster": cluster,
         "api_token": TOKEN,
         "events_secret": SECRET,
+        "registry_auth": {"username": ROBOT, "password": ROBOT_PASSWORD},
         "instance_types": TYPES,
         "instances": [
             {"name": "a", "endpoint": engines["a"].endpoint, "attributes": {"zone": "z1"}},
@@ -200,6 +216,7 @@ async def env(engines, registry, launcher_port, workdir):
         engines, registry, workdir / "r", f"dytest-{uuid.uuid4().hex[:8]}",
         providers={"local": {"run_root": str(workdir / "r"), "max_instances": 4}},
         warm_pool={"large": 1},
+        idle_instance_seconds=3,
         stop_provisioned_on_close=True,
     )
     settings = LauncherSettings.from_dict(section, workdir / "data")
@@ -214,6 +231,7 @@ async def env(engines, registry, launcher_port, workdir):
     api = Api(session, f"http://127.0.0.1:{launcher_port}/launcher/v1", TOKEN)
     try:
         yield {"launcher": launcher, "api": api, "events": events, "engines": engines,
+               "cluster": settings.cluster,
                "registry": registry, "reg": f"127.0.0.1:{registry.port}", "workdir": workdir}
     finally:
         await session.close()
@@ -225,6 +243,8 @@ async def env(engines, registry, launcher_port, workdir):
 def images(engines, registry):
     """Build and push helper: every call imports a fresh busybox image and pushes it."""
     reg = f"127.0.0.1:{registry.port}"
+    engines["a"].docker("login", "--username", ROBOT, "--password-stdin", reg,
+                        stdin=ROBOT_PASSWORD)
 
     def build_and_push(repo_tag: str, files: dict[str, str]) -> str:
         ref = f"{reg}/{repo_tag}"
@@ -312,6 +332,8 @@ async def test_push_v1_binpack_fills_one_instance_with_limits(env, images):
         port = task["ports"][0]
         assert f"PORT={port}" in info["Config"]["Env"]
         assert get(f"http://127.0.0.1:{port}/") == "v1\n"
+        logs = await api.call("GET", f"/tasks/{task['id']}/logs?tail=10")
+        assert f"hello from web on {port}" in logs
 
     emitted = [e["state"] for e in env["events"] if e["id"] == dep["id"]]
     assert emitted == ["PENDING", "IN_PROGRESS", "SUCCESSFUL"]
@@ -333,6 +355,11 @@ async def test_spread_distributes_across_instances(env, images):
     tasks = await api.tasks("spread")
     instances = {i["id"]: i["name"] for i in (await api.call("GET", "/instances"))["instances"]}
     assert sorted(instances[t["instanceId"]] for t in tasks) == ["a", "b", "c"]
+    # b and c pulled the image, and the registry refuses anonymous pulls: the robot
+    # credential (auth_config) is what let them in.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(get, f"{env['registry'].url}/v2/acme/web/manifests/{digest}")
+    assert refused.value.code == 401
     # The other service did not move: a tag outside its patterns does not deploy it.
     assert all(t["image"] != f"acme/web@{digest}" for t in await api.tasks("web"))
 
@@ -452,6 +479,18 @@ async def test_task_larger_than_running_instances_takes_warm_pool_then_provider(
     assert gone, "its dockerd was stopped"
     assert not await asyncio.to_thread(os.path.exists, inst["providerState"]["run_dir"])
 
+    # An instance provisioned for a task that is gone is retired once idle long enough
+    # (the pool already has its warm instance, so it is not kept).
+    await api.call("DELETE", "/services/big", expect=202)
+
+    async def retired() -> bool:
+        ids = {i["id"] for i in (await api.call("GET", "/instances"))["instances"]}
+        return pool[0]["id"] not in ids
+
+    assert await eventually(retired, timeout=30)
+    pool_now = [i for i in (await api.call("GET", "/instances"))["instances"] if i["pool"]]
+    assert len(pool_now) == 1
+
 
 async def test_task_larger_than_every_type_fails_naming_shortfall(env, images):
     api = env["api"]
@@ -465,6 +504,54 @@ async def test_task_larger_than_every_type_fails_naming_shortfall(env, images):
     assert "no instance type can ever hold" in dep["reason"]
     assert "cpu short by 2048 units" in dep["reason"], dep["reason"]
     assert await api.tasks("huge") == []
+
+
+async def test_dead_tasks_are_replaced_orphans_removed_and_draining_moves_tasks(env):
+    api, cluster = env["api"], env["cluster"]
+    instances = (await api.call("GET", "/instances"))["instances"]
+    by_name = {i["name"]: i for i in instances}
+    tasks = await api.tasks("web")
+    assert len(tasks) == 2 and {t["instanceId"] for t in tasks} == {by_name["a"]["id"]}
+    image = tasks[0]["image"]
+    a = env["engines"]["a"]
+
+    # Someone removes a task's container behind the launcher's back, and leaves a labelled
+    # container that no task owns.
+    await asyncio.to_thread(a.docker, "rm", "-f", tasks[0]["containers"][0]["id"])
+    ghost = (await asyncio.to_thread(
+        a.docker, "run", "-d", "--network", "host", "--label", f"dockyard.cluster={cluster}",
+        "--label", "dockyard.task=ghost", f"{env['reg']}/acme/web:v2", "sleep", "600",
+    )).stdout.strip()
+
+    async def healed() -> bool:
+        now = await api.tasks("web")
+        return (len(now) == 2 and tasks[0]["id"] not in {t["id"] for t in now}
+                and all(t["health"] == "HEALTHY" for t in now))
+
+    assert await eventually(healed)
+    dead = await api.call("GET", f"/tasks/{tasks[0]['id']}")
+    assert dead["status"] == "STOPPED" and "gone" in dead["reason"]
+    assert all(t["image"] == image for t in await api.tasks("web"))
+
+    async def ghost_gone() -> bool:
+        return ghost not in {c["ID"] for c in await containers_of(a, cluster)}
+
+    assert await eventually(ghost_gone)
+
+    # Draining instance a moves its tasks elsewhere (healthy first), then a is empty.
+    await api.call("PATCH", f"/instances/{by_name['a']['id']}", {"status": "DRAINING"})
+
+    async def moved() -> bool:
+        now = await api.tasks("web")
+        return (len(now) == 2 and by_name["a"]["id"] not in {t["instanceId"] for t in now}
+                and all(t["health"] == "HEALTHY" for t in now))
+
+    assert await eventually(moved)
+    for task in await api.tasks("web"):
+        assert get(f"http://127.0.0.1:{task['ports'][0]}/") == "v2\n"
+    assert (await api.call("GET", f"/instances/{by_name['a']['id']}"))["runningTasks"] == 0
+    await api.call("PATCH", f"/instances/{by_name['a']['id']}", {"status": "ACTIVE"})
+    await api.call("PATCH", f"/instances/{by_name['a']['id']}", {"status": "GONE"}, expect=400)
 
 
 async def test_kill_9_mid_deployment_then_restart_completes_without_orphans(env, images,
@@ -605,7 +692,6 @@ async def test_measure_push_to_running_latency(env, images):
     }, expect=201)
     await api.call("POST", "/services", {
         "name": "bench", "repository": "acme/bench", "taskDefinition": "bench",
-        "deploymentConfiguration": {"minimumHealthyPercent": 0, "maximumPercent": 100},
         "placementConstraints": [{"type": "memberOf", "expression": "attribute:zone == z2"}],
     }, expect=201)
     from_push, from_event = [], []

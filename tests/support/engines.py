@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from tests.support.require import require_binary, require_root
+from tests.support.require import missing, require_binary, require_root
 
 DOCKER_CLI = "/usr/bin/docker"  # the first `docker` on PATH may be a client without engine
 READY_TIMEOUT = 30.0
@@ -44,11 +44,12 @@ class EngineProcess:
     def endpoint(self) -> str:
         return f"unix://{self.sock}"
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 120
-               ) -> subprocess.CompletedProcess[str]:
+    def docker(self, *args: str, check: bool = True, timeout: float = 120,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        # A private CLI config: `docker login` must not touch the user's ~/.docker.
         return subprocess.run(
-            [DOCKER_CLI, "-H", self.endpoint, *args],
-            capture_output=True, text=True, check=check, timeout=timeout,
+            [DOCKER_CLI, "--config", str(self.root / "cli"), "-H", self.endpoint, *args],
+            capture_output=True, text=True, check=check, timeout=timeout, input=stdin,
         )
 
 
@@ -141,6 +142,27 @@ def docker_engines(specs: Sequence[tuple[str, dict[str, str]]]) -> Iterator[list
 
 
 # --- images ---------------------------------------------------------------------------------
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    """An htpasswd entry with a bcrypt hash (the only kind distribution's htpasswd accepts)."""
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # libxcrypt does bcrypt; the module is gone in Python 3.13
+
+        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 5))
+        if hashed and hashed.startswith("$2"):
+            return f"{user}:{hashed}\n"
+    except (ImportError, AttributeError, OSError):
+        pass
+    try:
+        import bcrypt  # type: ignore[import-not-found]
+    except ImportError:
+        missing("no bcrypt implementation (crypt module or the bcrypt package) for htpasswd")
+    return f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(5)).decode()}\n"
 
 
 def busybox_tar(files: dict[str, str] | None = None) -> bytes:
