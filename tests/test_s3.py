@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.support.server import DockyardServer
 MIB = 1 << 20
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 COPY_OPERATIONS = {"CopyObject", "UploadPartCopy"}
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "s3.toml"
 
 
 def payload(seed: str, size: int) -> bytes:
@@ -58,6 +60,17 @@ def assert_no_copies(records: list[S3Request]) -> None:
     assert not copies, f"server-side copies: {[(r.method, r.path) for r in copies]}"
 
 
+def s3_dockyard(
+    data_dir: Path, config_text: str, env: dict[str, str] | None = None
+) -> DockyardServer:
+    """A `dockyard serve` whose storage is exactly `config_text` (+ `env`): storage settings
+    the CI may export for the rest of the suite (DOCKYARD_STORAGE_*) are not inherited."""
+    server = DockyardServer(data_dir, config_text)
+    server.env = {k: v for k, v in server.env.items() if not k.startswith("DOCKYARD_STORAGE_")}
+    server.env.update(env or {})
+    return server
+
+
 @pytest.fixture(scope="module")
 def proxy(seaweed: SeaweedFS) -> Iterator[CountingProxy]:
     counting = CountingProxy(seaweed.endpoint).start()
@@ -71,7 +84,7 @@ def s3_server(
 ) -> Iterator[DockyardServer]:
     """dockyard streaming blobs from S3, through the counting proxy."""
     text = seaweed.config_text("e2e", prefix="stream/", endpoint=proxy.endpoint)
-    with DockyardServer(tmp_path_factory.mktemp("s3") / "data", text) as server:
+    with s3_dockyard(tmp_path_factory.mktemp("s3") / "data", text) as server:
         yield server
 
 
@@ -81,7 +94,7 @@ def redirect_server(
 ) -> Iterator[DockyardServer]:
     """dockyard answering blob GETs with 307 to presigned URLs (of the proxy, so they count)."""
     text = seaweed.config_text("e2e", prefix="redirect/", endpoint=proxy.endpoint, redirect=True)
-    with DockyardServer(tmp_path_factory.mktemp("s3redirect") / "data", text) as server:
+    with s3_dockyard(tmp_path_factory.mktemp("s3redirect") / "data", text) as server:
         yield server
 
 
@@ -408,7 +421,7 @@ async def test_seaweedfs_stopped_mid_push_then_the_push_resumes(
     own_seaweed: SeaweedFS, tmp_path: Path
 ) -> None:
     text = own_seaweed.config_text("fault", max_retries=1)
-    server = DockyardServer(tmp_path / "data", text).start()
+    server = s3_dockyard(tmp_path / "data", text).start()
     base, name = server.url, "acme/fault"
     layer = payload("fault-layer", 13 * MIB + 5)
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": "fault"}).encode()
@@ -475,7 +488,7 @@ async def test_seaweedfs_stopped_mid_push_then_the_push_resumes(
 def test_startup_fails_clearly_on_bad_credentials(seaweed: SeaweedFS, tmp_path: Path) -> None:
     text = seaweed.config_text("startup").replace(seaweed.secret_key, "not-the-secret")
     with pytest.raises(RuntimeError) as failed:
-        DockyardServer(tmp_path / "data", text).start()
+        s3_dockyard(tmp_path / "data", text).start()
     assert "S3 refused access to bucket 'startup'" in str(failed.value)
 
 
@@ -485,7 +498,7 @@ def test_startup_fails_clearly_on_an_unreachable_endpoint(
     nowhere = f"http://127.0.0.1:{free_port()}"
     text = seaweed.config_text("startup", endpoint=nowhere, max_retries=0)
     with pytest.raises(RuntimeError) as failed:
-        DockyardServer(tmp_path / "data", text).start()
+        s3_dockyard(tmp_path / "data", text).start()
     assert f"cannot reach S3 for bucket 'startup' at {nowhere}" in str(failed.value)
 
 
@@ -504,3 +517,90 @@ async def test_startup_needs_the_bucket_unless_told_to_create_it(
     with pytest.raises(StorageError, match="does not exist: create it, or set"):
         await store.start()
     await store.close()
+
+
+async def test_expired_sessions_abort_their_multipart_uploads(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    """An abandoned upload holds a multipart upload in S3; `dockyard gc` aborts it on expiry."""
+    text = seaweed.config_text("expiry", prefix=f"{tmp_path.name}/")
+    text += "[registry]\nupload_expiry_seconds = 1\n"
+    server = s3_dockyard(tmp_path / "data", text).start()
+    settings = StorageSettings(
+        driver="s3",
+        endpoint=seaweed.endpoint,
+        bucket="expiry",
+        prefix=f"{tmp_path.name}/",
+        access_key=seaweed.access_key,
+        secret_key=seaweed.secret_key,
+    )
+    store = S3Store(settings, tmp_path / "observer")
+    await store.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            location = await start_upload(http, server.url, "acme/abandoned")
+            resp = await patch(http, location, payload("abandoned", 6 * MIB), 0)
+            assert resp.status == 202
+            upload_id = location.rsplit("/", 1)[1]
+            assert upload_id in {u async for u, _ in store.list_uploads()}  # in S3, in progress
+
+            await asyncio.sleep(1.5)  # past upload_expiry_seconds
+            gc = await asyncio.to_thread(
+                subprocess.run,
+                [
+                    sys.executable,
+                    "-m",
+                    "dockyard",
+                    "gc",
+                    "--json",
+                    "--config",
+                    str(server.config_path),
+                    "--data",
+                    str(server.data_dir),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=server.env,
+            )
+            assert gc.returncode == 0, gc.stderr
+            assert json.loads(gc.stdout)["uploads_expired"] == 1
+
+            assert upload_id not in {u async for u, _ in store.list_uploads()}
+            assert not [p for p in (server.data_dir / "uploads").iterdir()]
+            async with http.get(location) as resp:
+                assert resp.status == 404
+    finally:
+        await store.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("part_size_mib", [4, 257])
+def test_part_size_outside_limits_is_a_config_error(part_size_mib: int, tmp_path: Path) -> None:
+    from registry.config import ConfigError
+
+    settings = StorageSettings(driver="s3", bucket="b", part_size_mib=part_size_mib)
+    with pytest.raises(ConfigError, match="part_size_mib must be between 5 and 256"):
+        S3Store(settings, tmp_path)
+
+
+async def test_example_config_serves_with_env_overrides(seaweed: SeaweedFS, tmp_path: Path) -> None:
+    """examples/s3.toml as shipped, pointed at SeaweedFS through DOCKYARD_STORAGE_* variables."""
+    from registry.config import load_config
+
+    assert load_config(EXAMPLE).raw["_unknown"] == []
+    env = {
+        "DOCKYARD_STORAGE_ENDPOINT": seaweed.endpoint,
+        "DOCKYARD_STORAGE_BUCKET": "example",
+        "DOCKYARD_STORAGE_ACCESS_KEY": seaweed.access_key,
+        "DOCKYARD_STORAGE_SECRET_KEY": seaweed.secret_key,
+        "DOCKYARD_STORAGE_CREATE_BUCKET": "true",
+    }
+    text = await asyncio.to_thread(EXAMPLE.read_text)
+    with s3_dockyard(tmp_path / "data", text, env) as server:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{server.url}/v2/acme/example/blobs/uploads/") as resp:
+                assert resp.headers["OCI-Chunk-Min-Length"] == str(16 * MIB)
+            data = payload("example", 1000)
+            digest = await push_monolithic(http, server.url, "acme/example", data)
+            assert await fetch_blob(http, server.url, "acme/example", digest) == data

@@ -59,7 +59,8 @@ log = logging.getLogger("dockyard.storage.s3")
 
 MIB = 1 << 20
 MIN_PART = 5 * MIB  # S3's smallest part (every part but the last)
-MAX_PART = 5 * 1024 * MIB
+# S3 allows 5 GiB parts, but a part is held in memory while it is sent: cap it lower.
+MAX_PART = 256 * MIB
 MAX_PARTS = 10_000
 # Bytes hashed and spooled per worker-thread hop: amortises the hop, bounds what is held.
 WRITE_BATCH = MIB
@@ -144,7 +145,7 @@ class S3Store(BlobStore):
         part_size = int(settings.part_size_mib) * MIB
         if not MIN_PART <= part_size <= MAX_PART:
             raise ConfigError(
-                f"storage.part_size_mib must be between 5 and 5120 (S3's part limits), "
+                f"storage.part_size_mib must be between {MIN_PART // MIB} and {MAX_PART // MIB}, "
                 f"not {settings.part_size_mib}"
             )
         self.settings = settings
