@@ -36,6 +36,7 @@ class Instances:
                 settings.local_provider, settings.cluster, settings.state_dir / "instances"
             )
         self._provision_lock = asyncio.Lock()
+        self._creating: set[asyncio.Future[dict[str, Any]]] = set()
         # The placer's lock (set by the Launcher): removal must not race a placement that just
         # chose the instance.
         self.placement_lock = asyncio.Lock()
@@ -148,22 +149,36 @@ class Instances:
                 raise LauncherError(
                     f"provider limit reached ({self.provider.settings.max_instances} instances)"
                 )
-            inst_id = new_id()
-            fields = await self.provider.create(inst_id, itype)
-            log.info("provisioned %s instance %s", itype.name, inst_id[:12])
-            return await self.store.upsert_instance(
-                {
-                    "id": inst_id,
-                    "name": f"{itype.name}-{inst_id[:8]}",
-                    "type": itype.name,
-                    "cpu": itype.cpu,
-                    "memory": itype.memory,
-                    "origin": "provider",
-                    "provider": self.provider.name,
-                    "pool": pool,
-                    **fields,
-                }
-            )
+            # Shielded and tracked: a dockerd that started must be recorded, or nothing could
+            # ever stop it (cancelling the caller, e.g. at shutdown, must not orphan it).
+            creating = asyncio.ensure_future(self._create(itype, pool))
+            self._creating.add(creating)
+            creating.add_done_callback(self._creating.discard)
+            return await asyncio.shield(creating)
+
+    async def _create(self, itype: InstanceType, pool: bool) -> dict[str, Any]:
+        assert self.provider is not None
+        inst_id = new_id()
+        fields = await self.provider.create(inst_id, itype)
+        log.info("provisioned %s instance %s", itype.name, inst_id[:12])
+        return await self.store.upsert_instance(
+            {
+                "id": inst_id,
+                "name": f"{itype.name}-{inst_id[:8]}",
+                "type": itype.name,
+                "cpu": itype.cpu,
+                "memory": itype.memory,
+                "origin": "provider",
+                "provider": self.provider.name,
+                "pool": pool,
+                **fields,
+            }
+        )
+
+    async def settle(self) -> None:
+        """Wait for provisioning under way (shutdown: let it be recorded before closing)."""
+        if self._creating:
+            await asyncio.gather(*self._creating, return_exceptions=True)
 
     async def adopt_provisioned(self) -> None:
         """At start: make sure every provisioned instance's dockerd runs (restarting if needed)."""
@@ -222,6 +237,7 @@ class Instances:
         """Stop every provisioned dockerd (tests and `stop_provisioned_on_close`)."""
         if self.provider is None:
             return
+        await self.settle()
         for inst in await self.store.list_instances():
             if inst["origin"] == "provider":
                 self.engines.forget(inst["endpoint"])

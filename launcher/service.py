@@ -86,6 +86,7 @@ class Launcher:
                 await self._loop_task
             self._loop_task = None
         await self.deployments.close()
+        await self.instances.settle()
         if self._started and self.settings.stop_provisioned_on_close:
             await self.instances.stop_provisioned()
         if self.instances.provider is not None:

@@ -40,6 +40,7 @@ from tests.support.engines import (
     htpasswd_line,
     import_image,
     push,
+    reap_dockerds_under,
 )
 from tests.support.reference import free_port, reference_registry
 
@@ -175,7 +176,9 @@ def registry(launcher_port, workdir):
 def workdir():
     path = pathlib.Path(tempfile.mkdtemp(prefix="dyl-", dir="/tmp"))
     yield path
+    leaked = reap_dockerds_under(path)
     subprocess.run(["rm", "-rf", str(path)], check=False)
+    assert not leaked, f"provisioned dockerds outlived the launcher: {leaked}"
 
 
 def launcher_section(engines: dict[str, EngineProcess], registry, run_root: pathlib.Path,

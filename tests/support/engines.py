@@ -102,6 +102,31 @@ def stop_engine(engine: EngineProcess) -> None:
     remove_cgroup(engine.cgroup)
 
 
+def reap_dockerds_under(root: pathlib.Path) -> list[int]:
+    """Stop every dockerd whose command line points under `root` (instances a launcher under
+    test provisioned in its own session, if it could not stop them); returns their pids."""
+    found = []
+    for proc_dir in pathlib.Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            argv = (proc_dir / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith("dockerd") and any(str(root) in a for a in argv):
+            found.append((int(proc_dir.name), argv))
+    for pid, argv in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and pathlib.Path(f"/proc/{pid}").exists():
+            time.sleep(0.1)
+        if "--cgroup-parent" in argv:
+            remove_cgroup(argv[argv.index("--cgroup-parent") + 1].lstrip("/"))
+    unmount_under(root)
+    return [pid for pid, _ in found]
+
+
 @contextlib.contextmanager
 def docker_engines(specs: Sequence[tuple[str, dict[str, str]]]) -> Iterator[list[EngineProcess]]:
     """Start one dockerd per (name, daemon labels) and stop them all when the block exits."""
