@@ -13,7 +13,9 @@ the task, the failure names the shortfall.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +27,11 @@ from launcher.expressions import compile_expression
 from launcher.model import Resources
 from launcher.store import Store
 
+log = logging.getLogger(__name__)
+
 Provision = Callable[[InstanceType], Awaitable[dict[str, Any]]]
+# (seconds, outcome): outcome is placed, warm_pool, provisioned or no_capacity.
+PlacementHook = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -205,12 +211,22 @@ class Placer:
         types: dict[str, InstanceType],
         port_range: tuple[int, int],
         provision: Provision | None,
+        on_placement: PlacementHook | None = None,
     ) -> None:
         self.store = store
         self.types = types
         self.port_range = port_range
         self.provision = provision
+        self.on_placement = on_placement
         self.lock = asyncio.Lock()
+
+    def _observe(self, started: float, outcome: str) -> None:
+        if self.on_placement is None:
+            return
+        try:
+            self.on_placement(time.perf_counter() - started, outcome)
+        except Exception:
+            log.exception("placement hook failed")
 
     async def place(
         self,
@@ -221,25 +237,34 @@ class Placer:
         constraints: list[dict[str, str]],
     ) -> Placement:
         """Choose an instance and record `task` on it (status PROVISIONING) atomically."""
+        started = time.perf_counter()
         async with self.lock:
             instances = await self.store.list_instances()
-            check_never_fits(res, self.types.values(), instances)
-            tasks = await self.store.list_tasks(active=True, limit=100000)
-            service = task.get("service")
-            running = [i for i in instances if not i["pool"]]
+            known = {i["id"] for i in instances}
             try:
-                chosen = choose(running, tasks, res, service=service, strategy=strategy,
-                                constraints=constraints, port_range=self.port_range,
-                                all_instances=instances)
-            except NoCapacity as busy:
-                chosen = await self._from_pool_or_provider(
-                    busy, res, instances, tasks, service, constraints
-                )
+                check_never_fits(res, self.types.values(), instances)
+                tasks = await self.store.list_tasks(active=True, limit=100000)
+                service = task.get("service")
+                running = [i for i in instances if not i["pool"]]
+                try:
+                    chosen = choose(running, tasks, res, service=service, strategy=strategy,
+                                    constraints=constraints, port_range=self.port_range,
+                                    all_instances=instances)
+                    outcome = "placed"
+                except NoCapacity as busy:
+                    chosen = await self._from_pool_or_provider(
+                        busy, res, instances, tasks, service, constraints
+                    )
+                    outcome = "provisioned" if chosen.instance["id"] not in known else "warm_pool"
+            except NoCapacity:
+                self._observe(started, "no_capacity")
+                raise
             await self.store.insert_task(
                 {**task, "instance_id": chosen.instance["id"], "cpu": res.cpu,
                  "memory": res.memory, "ports": sorted(res.fixed_ports) + chosen.ports}
             )
-            return chosen
+        self._observe(started, outcome)
+        return chosen
 
     async def _from_pool_or_provider(
         self,

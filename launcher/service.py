@@ -36,7 +36,7 @@ from launcher.model import (
     parse_task_definition_ref,
     tag_matches,
 )
-from launcher.placement import Placer
+from launcher.placement import PlacementHook, Placer
 from launcher.reconcile import Reconciler
 from launcher.store import Store
 from launcher.tasks import TaskRunner
@@ -49,13 +49,15 @@ STOPPED_TASK_RETENTION = 7 * 86400
 
 class Launcher:
     def __init__(self, settings: LauncherSettings,
-                 on_deployment_event: DeploymentListener | None = None) -> None:
+                 on_deployment_event: DeploymentListener | None = None, *,
+                 on_placement: PlacementHook | None = None) -> None:
         self.settings = settings
         self.store = Store(settings.db_path)
         self.engines = Engines(settings.engine_timeout)
         self.instances = Instances(settings, self.store, self.engines)
         provision = self.instances.provision if self.instances.provider else None
-        self.placer = Placer(self.store, settings.instance_types, settings.port_range, provision)
+        self.placer = Placer(self.store, settings.instance_types, settings.port_range, provision,
+                             on_placement)
         self.instances.placement_lock = self.placer.lock
         self.runner = TaskRunner(settings, self.store, self.engines, self.placer)
         self.deployments = Deployments(settings, self.store, self.runner, on_deployment_event)

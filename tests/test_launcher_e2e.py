@@ -223,7 +223,9 @@ async def env(engines, registry, launcher_port, workdir):
         stop_provisioned_on_close=True,
     )
     settings = LauncherSettings.from_dict(section, workdir / "data")
-    launcher = Launcher(settings, on_deployment_event=on_event)
+    placements: list[str] = []
+    launcher = Launcher(settings, on_deployment_event=on_event,
+                        on_placement=lambda seconds, outcome: placements.append(outcome))
     app = web.Application()
     launcher.add_routes(app)
     await launcher.start()
@@ -234,7 +236,7 @@ async def env(engines, registry, launcher_port, workdir):
     api = Api(session, f"http://127.0.0.1:{launcher_port}/launcher/v1", TOKEN)
     try:
         yield {"launcher": launcher, "api": api, "events": events, "engines": engines,
-               "cluster": settings.cluster,
+               "cluster": settings.cluster, "placements": placements,
                "registry": registry, "reg": f"127.0.0.1:{registry.port}", "workdir": workdir}
     finally:
         await session.close()
@@ -308,6 +310,7 @@ async def test_push_v1_binpack_fills_one_instance_with_limits(env, images):
     dep = await api.deployment_for("web", digest)
     assert dep["state"] == "SUCCESSFUL", dep
     assert dep["trigger"].startswith("event "), "the registry's notification started it"
+    assert env["placements"] == ["placed", "placed"]
     assert dep["tag"] == "v1"
     assert [e["state"] for e in dep["events"]] == ["PENDING", "IN_PROGRESS", "SUCCESSFUL"]
 
@@ -437,6 +440,7 @@ async def test_task_larger_than_running_instances_takes_warm_pool_then_provider(
     assert dep["state"] == "SUCCESSFUL", dep
     (task,) = await api.tasks("big")
     assert task["instanceId"] == pool[0]["id"], "the idle warm instance took the task"
+    assert env["placements"][-1] == "warm_pool"
     assert get(f"http://127.0.0.1:{task['ports'][0]}/") == "big\n"
     # Its container really runs on that instance's own dockerd, under its cgroup limit.
     state = pool[0]["providerState"]
@@ -467,6 +471,7 @@ async def test_task_larger_than_running_instances_takes_warm_pool_then_provider(
     (task,) = await api.tasks("wide")
     inst = await api.call("GET", f"/instances/{task['instanceId']}")
     assert inst["type"] == "xlarge" and inst["origin"] == "provider"
+    assert env["placements"][-1] == "provisioned"
     assert inst["id"] not in {i["id"] for i in now}
     assert get(f"http://127.0.0.1:{task['ports'][0]}/") == "wide\n"
 
@@ -506,6 +511,7 @@ async def test_task_larger_than_every_type_fails_naming_shortfall(env, images):
     assert dep["state"] == "FAILED"
     assert "no instance type can ever hold" in dep["reason"]
     assert "cpu short by 2048 units" in dep["reason"], dep["reason"]
+    assert env["placements"][-1] == "no_capacity"
     assert await api.tasks("huge") == []
 
 
