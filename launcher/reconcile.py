@@ -107,8 +107,10 @@ class Reconciler:
         if task["status"] == "RUNNING":
             dead = [c for c in found if c["State"] != "running"]
             if dead:
-                reason = "; ".join(f"container {c['Labels'].get(LABEL_CONTAINER)}: {c['Status']}"
-                                   for c in dead)
+                reason = "; ".join(
+                    f"container {c['Labels'].get(LABEL_CONTAINER)} is not running ({c['Status']})"
+                    for c in dead
+                )
             else:
                 reason = "container(s) gone from the instance"
         elif task["status"] == "STOPPING":

@@ -255,9 +255,17 @@ class Launcher:
             changes["placementStrategy"] = parse_strategy(body["placementStrategy"])
         if "placementConstraints" in body:
             changes["placementConstraints"] = parse_constraints(body["placementConstraints"])
+        previous = service
         service = await self.store.update_service(name, **changes)
+        if "family" in changes and previous["currentDeployment"] and (
+            (changes["family"], changes["revision"]) != (previous["family"], previous["revision"])
+        ):
+            # A new task definition for the running image: roll it out like ECS update-service.
+            current = await self.store.get_deployment(previous["currentDeployment"])
+            await self.deploy(service, digest=current["digest"], tag=current["tag"],
+                              registry=current["registry"], trigger="api: task definition")
         self.deployments.kick(name)
-        return service
+        return await self.store.get_service(name)
 
     async def delete_service(self, name: str) -> None:
         await self.store.get_service(name)

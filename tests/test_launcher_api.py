@@ -245,6 +245,13 @@ async def test_desired_zero_deploys_without_engines_and_marks_images_in_use(clie
     assert (await call(client, "GET", "/images-in-use"))["images"] == [f"acme/web@{DIGEST2}"]
     await call(client, "POST", "/services/web/deployments", {"digest": "sha256:bad"},
                status=400)
+    # A new task definition revision for the running image rolls out by itself.
+    await call(client, "POST", "/task-definitions", TD, status=201)
+    await call(client, "PATCH", "/services/web", {"taskDefinition": "web:2"})
+    await launcher.wait_idle()
+    latest = (await call(client, "GET", "/deployments?service=web&limit=1"))["deployments"][0]
+    assert (latest["digest"], latest["revision"]) == (DIGEST2, 2)
+    assert latest["trigger"] == "api: task definition" and latest["state"] == "SUCCESSFUL"
 
 
 async def test_newer_pending_push_supersedes_older(client):

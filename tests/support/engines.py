@@ -162,6 +162,10 @@ def docker_engines(specs: Sequence[tuple[str, dict[str, str]]]) -> Iterator[list
                 time.sleep(0.05)
         yield engines
     finally:
+        # SIGTERM all first: each takes up to --shutdown-timeout stopping its containers.
+        for engine in engines:
+            if engine.proc.poll() is None:
+                engine.proc.send_signal(signal.SIGTERM)
         for engine in engines:
             stop_engine(engine)
 
