@@ -9,8 +9,8 @@ recorded in the registry's global blob index, never derived from the key, so:
 - An upload is an S3 multipart upload to its final object. PATCH bytes stream into a local file
   (s3_spool.py says why) and each full part of `part_size_mib` is sent as soon as it is complete,
   one part in flight while the next arrives. Commit sends the tail as the last part and completes
-  the multipart upload where it was written: no CopyObject, no UploadPartCopy. A blob smaller
-  than one part never starts a multipart upload; commit stores it with one PutObject.
+  the multipart upload where it was written: no CopyObject, no UploadPartCopy. A blob of at
+  most one part never starts a multipart upload; commit stores it with one PutObject.
 - A duplicate of a digest already stored is a separate object that the registry deletes.
 - Blob GET is a ranged GetObject streamed through, or a redirect to a presigned URL. Nothing
   else the registry answers (HEAD, manifests, tags, catalog) needs the bucket.
@@ -306,7 +306,7 @@ class S3Store(BlobStore):
             await writer.abandon()
             raise
         finally:
-            await asyncio.to_thread(os.close, fd)
+            os.close(fd)
         new = replace(session, mpu=writer.mpu, etags=tuple(writer.etags))
         return UploadState(state.id, writer.offset, new.dump())
 
@@ -524,7 +524,8 @@ class _PartWriter:
 
     async def write(self, batch: list[bytes], sink: BlockSink) -> None:
         self.offset = await asyncio.to_thread(UploadSpool.append, self.fd, self.offset, batch, sink)
-        while self.offset >= (self.sent + 1) * self.part_size:
+        # Strictly past the boundary: a blob of exactly one part stays a single PutObject.
+        while self.offset > (self.sent + 1) * self.part_size:
             await self._send_next()
 
     async def _send_next(self) -> None:
