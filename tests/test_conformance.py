@@ -34,8 +34,10 @@ from cryptography.x509.oid import NameOID
 import conformance
 from conformance.client import parse_challenges
 from conformance.suite import CATEGORIES, all_checks
+from tests.support.drivers import DRIVERS, driver_config
 from tests.support.reference import ReferenceRegistry, free_port, reference_registry
 from tests.support.require import missing
+from tests.support.server import DockyardServer
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = tomllib.loads((ROOT / "conformance" / "reference-expected.toml").read_text())
@@ -302,8 +304,12 @@ def test_basic_auth_challenge(tmp_path: Path) -> None:
 # -- dockyard ----------------------------------------------------------------------------------
 
 
-def test_dockyard_passes_everything(dockyard_url: str) -> None:
-    results = conformance.run(dockyard_url, "conformance/dockyard")
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_dockyard_passes_everything(
+    driver: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    with DockyardServer(tmp_path / "data", driver_config(request, driver)) as server:
+        results = conformance.run(server.url, "conformance/dockyard")
     not_passed = results.failed_ids() | results.skipped_ids()
     assert (results.failed, results.skipped) == (0, 0), _explain(results, not_passed)
     assert results.passed == len(all_checks())
