@@ -9,8 +9,6 @@ import logging
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from auth import cli as auth_cli
 from auth.config import AuthSettings
 from registry.config import Config, ConfigError, load_config
@@ -20,6 +18,7 @@ from registry.events import cli as events_cli
 from . import admin, checkconfig
 from .logs import ACCESS_LOGGER, AccessLogger, setup_logging
 from .ops.schema import apply_env
+from .ops.serve import run_server
 from .ops.tls import server_ssl_context
 
 log = logging.getLogger("dockyard")
@@ -95,14 +94,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         extra={"event": "listening", "url": f"{scheme}://{host}:{port}"},
     )
     _use_uvloop()
-    web.run_app(
+    # Like web.run_app, but SIGTERM lets uploads in flight finish (dockyard/ops/serve.py).
+    run_server(
         app,
         host=host,
         port=port,
         ssl_context=ssl_context,
         access_log=logging.getLogger(ACCESS_LOGGER) if config.log.access_log else None,
         access_log_class=AccessLogger,
-        print=None,
         shutdown_timeout=config.http.shutdown_timeout,
         reuse_port=config.http.workers > 1,
     )

@@ -24,6 +24,7 @@ from .gc import periodic_gc
 from .health import Readiness, health_routes
 from .metrics import metrics_handler, separate_listener, webhook_refresher
 from .readonly import ReadOnlyMode, admin_routes, read_only_middleware
+from .serve import IN_FLIGHT, InFlight, run_server
 from .tls import server_ssl_context
 
 log = logging.getLogger("dockyard.ops")
@@ -33,7 +34,15 @@ READINESS = web.AppKey("readiness", Readiness)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-__all__ = ["READINESS", "READ_ONLY", "ReadOnlyMode", "server_ssl_context", "setup_ops"]
+__all__ = [
+    "IN_FLIGHT",
+    "READINESS",
+    "READ_ONLY",
+    "ReadOnlyMode",
+    "run_server",
+    "server_ssl_context",
+    "setup_ops",
+]
 
 
 def split_addr(addr: str, key: str) -> tuple[str, int]:
@@ -43,24 +52,6 @@ def split_addr(addr: str, key: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: {addr!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
-
-
-class InFlight:
-    """Requests being handled, so a shutdown can say what it waits for."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def middleware(self) -> Callable:
-        @web.middleware
-        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
-            self.count += 1
-            try:
-                return await handler(request)
-            finally:
-                self.count -= 1
-
-        return count
 
 
 def change_logger() -> Callable[[Change], Awaitable[None]]:
@@ -103,10 +94,11 @@ def setup_ops(
 
     `outbox` returns the event outbox once it is open (for webhook metrics and readiness)."""
     mode = ReadOnlyMode(config.registry.read_only)
-    readiness = Readiness(registry, mode)
     in_flight = InFlight()
+    readiness = Readiness(registry, mode, in_flight)
     app[READ_ONLY] = mode
     app[READINESS] = readiness
+    app[IN_FLIGHT] = in_flight
     app.middlewares.insert(0, in_flight.middleware())
     app.middlewares.append(read_only_middleware(mode))
     registry.listeners.append(change_logger())
@@ -143,16 +135,6 @@ def setup_ops(
             # Only where signals can be handled (the main thread of `dockyard serve`).
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, mode.toggle, "SIGUSR1")
 
-    async def draining(_: web.Application) -> None:
-        # on_shutdown runs once the listener is closed, before in-flight requests are awaited.
-        readiness.draining = True
-        log.info(
-            "shutting down: no new connections; waiting up to %gs for %d request(s) in flight",
-            config.http.shutdown_timeout,
-            in_flight.count,
-            extra={"event": "shutdown", "in_flight": in_flight.count},
-        )
-
     async def stopped(_: web.Application) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
@@ -167,5 +149,4 @@ def setup_ops(
             log.info("stopped", extra={"event": "stopped"})
 
     app.on_startup.append(started)
-    app.on_shutdown.append(draining)
     app.on_cleanup.append(stopped)

@@ -17,6 +17,7 @@ from aiohttp import web
 from registry.service import Registry
 
 from .readonly import ReadOnlyMode
+from .serve import InFlight
 
 log = logging.getLogger("dockyard.ops")
 
@@ -27,14 +28,14 @@ Check = Callable[[], Awaitable[None]]
 
 
 class Readiness:
-    def __init__(self, registry: Registry, mode: ReadOnlyMode) -> None:
+    def __init__(self, registry: Registry, mode: ReadOnlyMode, in_flight: InFlight) -> None:
         self.registry = registry
         self.mode = mode
+        self.in_flight = in_flight
         self.checks: dict[str, Check] = {
             "storage": registry.store.check,
             "metadata": self._metadata,
         }
-        self.draining = False
         self._last_ready: bool | None = None
 
     async def _metadata(self) -> None:
@@ -57,7 +58,7 @@ class Readiness:
         results = await asyncio.gather(*(self._run(self.checks[n]) for n in names))
         checks = dict(zip(names, results, strict=True))
         failed = [f"{n}: {r}" for n, r in checks.items() if r != "ok"]
-        if self.draining:
+        if self.in_flight.draining:
             failed.insert(0, "shutting down")
         ready = not failed
         body: dict[str, Any] = {
