@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from auth.config import AuthSettings
 from auth.service import create_auth
+from launcher.config import LauncherSettings
+from launcher.service import Launcher
 from registry.app import make_registry, setup_registry
 from registry.authz import make_auth_middleware
 from registry.config import Config
@@ -17,18 +23,49 @@ from registry.errors import Unauthorized, error_response
 from registry.events import NotificationSettings, RegistryEvent, RequestRecord, open_events
 from registry.events.admin import add_admin_routes
 from registry.gc import InUseHook
+from registry.metrics import record_deployment_event, record_placement
+from registry.reference import customer_of
 from registry.service import Change, Registry
 
 from .ops import setup_ops
+
+log = logging.getLogger("dockyard")
 
 OUTBOX = web.AppKey("outbox", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def launcher_settings(config: Config) -> LauncherSettings:
+    return LauncherSettings.from_dict(config.section("launcher"), config.data_dir)
+
+
+def _repo_ref(image: str) -> str:
+    """`host:port/acme/web@sha256:…` → `acme/web@sha256:…` (GC names repositories bare)."""
+    head, _, rest = image.partition("/")
+    if rest and ("." in head or ":" in head or head == "localhost"):
+        return rest
+    return image
+
+
 def gc_hooks(config: Config) -> list[InUseHook]:
-    """What other parts mark in use for GC (the launcher's running and rollback images)."""
-    return []
+    """What other parts mark in use for GC: the launcher's running and rollback images.
+
+    Read from the launcher's database, so `dockyard gc` in another process sees them too.
+    """
+    settings = launcher_settings(config)
+    if not settings.enabled:
+        return []
+
+    async def launcher_images() -> set[str]:
+        launcher = Launcher(settings)
+        await launcher.store.open()
+        try:
+            return {_repo_ref(image) for image in await launcher.images_in_use()}
+        finally:
+            await launcher.store.close()
+
+    return [launcher_images]
 
 
 def auth_settings(config: Config) -> AuthSettings:
@@ -92,6 +129,65 @@ def setup_events(app: web.Application, config: Config, registry: Registry) -> No
     app.cleanup_ctx.append(lifecycle)
 
 
+def deployment_event(event: dict[str, Any], default_customer: str) -> RegistryEvent:
+    """A launcher deployment state change as an outbox event (`action` = deployment.<state>)."""
+    repository = event.get("repository") or ""
+    return RegistryEvent(
+        action=f"deployment.{str(event.get('state', '')).lower()}",
+        customer=customer_of(repository, default_customer),
+        repository=repository,
+        digest=event.get("digest") or "",
+        media_type="application/vnd.dockyard.deployment.v1+json",
+        size=0,
+        tag=event.get("tag"),
+        url=f"/launcher/v1/deployments/{event.get('id', '')}",
+        request=RequestRecord(str(event.get("id", "")), "", "", "", "dockyard-launcher"),
+        actor="launcher",
+        kind="deployment",
+    )
+
+
+def setup_launcher(app: web.Application, config: Config) -> None:
+    """Push-to-deploy in process: fed from the durable outbox, so no push is missed across
+    restarts; its deployment state changes go back out through the same outbox."""
+    settings = launcher_settings(config)
+    if not settings.enabled:
+        return
+    default_customer = config.registry.default_customer
+
+    async def on_deployment(event: dict[str, Any]) -> None:
+        await record_deployment_event(event)
+        outbox = app.get(OUTBOX)
+        if outbox is not None:
+            await outbox.publish(deployment_event(event, default_customer))
+
+    launcher = Launcher(settings, on_deployment, on_placement=record_placement)
+    launcher.add_routes(app)
+
+    async def consume() -> None:
+        while True:
+            try:
+                async with app[OUTBOX].subscribe("launcher") as subscription:
+                    async for envelope in subscription:
+                        await launcher.handle_envelope(envelope)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("launcher event consumer failed; retrying")
+                await asyncio.sleep(1)
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await launcher.start()
+        consumer = asyncio.create_task(consume(), name="launcher-events")
+        yield
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await launcher.close()
+
+    app.cleanup_ctx.append(lifecycle)
+
+
 async def build_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     registry = make_registry(config)
@@ -110,6 +206,7 @@ async def build_app(config: Config) -> web.Application:
 
         app.on_cleanup.append(close_auth)
     setup_events(app, config, registry)
+    setup_launcher(app, config)
     # /healthz, /readyz, /metrics, read-only mode, periodic GC (dockyard/ops).
     setup_ops(app, config, registry, outbox=lambda: app.get(OUTBOX), gc_hooks=gc_hooks(config))
     return app

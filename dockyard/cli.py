@@ -11,6 +11,8 @@ from pathlib import Path
 
 from auth import cli as auth_cli
 from auth.config import AuthSettings
+from launcher import cli as launcher_cli
+from launcher.config import LauncherSettings
 from registry.config import Config, ConfigError, load_config
 from registry.events import NotificationSettings
 from registry.events import cli as events_cli
@@ -115,6 +117,11 @@ def auth_settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str]:
     )
 
 
+def launcher_settings_for(args: argparse.Namespace) -> LauncherSettings:
+    config = config_from(args)
+    return LauncherSettings.from_dict(config.section("launcher"), config.data_dir)
+
+
 def events_settings_for(args: argparse.Namespace) -> tuple[Path, NotificationSettings]:
     config = config_from(args)
     return config.data_dir, NotificationSettings.from_dict(config.section("notifications"))
@@ -138,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     auth_cli.register(sub, auth_settings_for)
     admin.register(sub, _common, config_from)
     events_cli.register(sub, events_settings_for)
+    launcher_cli.register(sub, launcher_settings_for)
     checkconfig.register(sub)
     return parser
 
