@@ -565,6 +565,38 @@ def render_metrics() -> str:
     return "\n".join(rows)
 
 
+LOG_FIELDS = (
+    ("time, level, logger, msg", "every record", "UTC time with milliseconds, level, source."),
+    ("request_id", "access, events", "Also returned as `X-Request-Id` (a client's own is kept)."),
+    ("method, path, status", "access", "Query strings are not logged (they may carry tokens)."),
+    ("bytes_in", "access", "Request body bytes received (absent when none)."),
+    ("bytes_out", "access", "Response bytes written, headers included."),
+    ("duration_ms", "access", "Until the last byte of the response was written."),
+    ("remote, user_agent", "access", "Peer address and `User-Agent`."),
+    ("repository, customer", "access, events", "For requests naming a repository."),
+    ("user", "access, events", "The authenticated subject, when auth is on."),
+    (
+        "event",
+        "events",
+        "`listening`, `readiness`, `read_only`, `manifest_push`, `manifest_delete`, `gc`, "
+        "`shutdown`, `shutdown_timeout`, `stopped`.",
+    ),
+)
+
+
+def render_logs() -> str:
+    rows = [
+        "## Logs\n",
+        'Written to stderr: with `format = "json"` one JSON object per line, with `text` one '
+        "readable line (extra fields as `key=value`). Access records come from the "
+        "`dockyard.access` logger, one per request.\n",
+        "| Field | In | Meaning |",
+        "|---|---|---|",
+    ]
+    rows += [f"| `{name}` | {where} | {meaning} |" for name, where, meaning in LOG_FIELDS]
+    return "\n".join(rows) + "\n"
+
+
 def render_markdown() -> str:
     out = [INTRO]
     out.append("## Top level\n")
@@ -588,6 +620,7 @@ def render_markdown() -> str:
             )
         out.append("")
     out.append(render_metrics())
+    out.append(render_logs())
     out.append("## Operations endpoints and signals\n")
     out.append("| What | Where | Notes |\n|---|---|---|")
     out.extend(f"| {what} | {where} | {notes} |" for what, where, notes in OPERATIONS)
