@@ -363,7 +363,9 @@ def _refused(port: int) -> bool:
 
 
 async def test_sigterm_lets_a_slow_large_upload_finish(dockyard_factory: Factory) -> None:
-    server = dockyard_factory("[http]\nshutdown_timeout = 120\n")
+    probes = f"127.0.0.1:{free_port()}"  # metrics_addr stays open while the main port drains
+    server = dockyard_factory(f'[http]\nshutdown_timeout = 120\nmetrics_addr = "{probes}"\n')
+    probes = f"http://{probes}"
     assert server.proc is not None
     chunk_count, chunk_size = 48, 1 << 20  # 48 MiB, sent over a few seconds
 
@@ -380,12 +382,14 @@ async def test_sigterm_lets_a_slow_large_upload_finish(dockyard_factory: Factory
             if i == 2:
                 # The upload is in flight on the server: now stop it.
                 await wait_for(
-                    lambda: value(scrape(server.url), "dockyard_uploads_in_flight") == 1,
+                    lambda: value(scrape(probes), "dockyard_uploads_in_flight") == 1,
                     "the upload to be in flight",
                 )
                 server.proc.send_signal(signal.SIGTERM)
                 signalled = True
                 await wait_for(lambda: _refused(server.port), "the listener to close")
+                status, ready = await asyncio.to_thread(get_json, f"{probes}/readyz")
+                assert status == 503 and ready["reason"].startswith("shutting down")
             await asyncio.sleep(0.05)
 
     async with aiohttp.ClientSession(base_url=server.url) as http:
