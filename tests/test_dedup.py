@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +20,7 @@ from tests.support.dockerd import DockerDaemon
 from tests.support.drivers import DRIVERS, driver_config, stored_keys
 from tests.support.metrics import metric
 from tests.support.reference import reference_registry
-from tests.support.server import ROOT, DockyardServer
+from tests.support.server import DockyardServer
 
 LAYER = 2 * 1024 * 1024
 
@@ -129,25 +127,7 @@ async def _token(http: aiohttp.ClientSession, user: str, password: str, scope: s
 
 
 def _cli(server: DockyardServer, *args: str, stdin: str = "") -> str:
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dockyard",
-            *args,
-            "--config",
-            str(server.config_path),
-            "--data",
-            str(server.data_dir),
-        ],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert res.returncode == 0, res.stderr
-    return res.stdout
+    return server.cli(*args, stdin=stdin).stdout
 
 
 async def test_knowing_a_digest_grants_nothing(tmp_path: Path) -> None:
@@ -311,23 +291,7 @@ async def test_gc_runs_online_under_push_and_pull_load(storage: str, tmp_path: P
 
             def gc_loop() -> None:
                 while not stop.is_set():
-                    res = subprocess.run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "dockyard",
-                            "gc",
-                            "--json",
-                            "--config",
-                            str(server.config_path),
-                            "--data",
-                            str(server.data_dir),
-                        ],
-                        capture_output=True,
-                        text=True,
-                        cwd=ROOT,
-                        timeout=120,
-                    )
+                    res = server.cli("gc", "--json", check=False)
                     runs.append(res.stdout if res.returncode == 0 else "ERR " + res.stderr)
 
             thread = threading.Thread(target=gc_loop)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -20,7 +18,7 @@ from aiohttp import web
 
 from tests.support.dockerd import DockerDaemon
 from tests.support.net import free_port
-from tests.support.server import ROOT, DockyardServer
+from tests.support.server import DockyardServer
 
 HTTPD = 'echo "serving on $PORT"; exec httpd -f -p "$PORT" -h /www'
 
@@ -188,25 +186,7 @@ backoff = "100ms"
             for tag in ("v1", "v2"):
                 async with http.delete(f"{base}/v2/acme/web/manifests/{tag}") as r:
                     assert r.status == 202
-            res = await asyncio.to_thread(
-                subprocess.run,
-                [
-                    sys.executable,
-                    "-m",
-                    "dockyard",
-                    "gc",
-                    "--json",
-                    "--config",
-                    str(server.config_path),
-                    "--data",
-                    str(server.data_dir),
-                ],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                timeout=120,
-            )
-            assert res.returncode == 0, res.stderr
+            res = await asyncio.to_thread(server.cli, "gc", "--json")
             assert json.loads(res.stdout)["manifests_deleted"] >= 1  # v2 went, v1 stays
             async with http.get(f"{base}/v2/acme/web/manifests/{v1}") as r:
                 assert r.status == 200

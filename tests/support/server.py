@@ -54,6 +54,17 @@ class DockyardServer:
             raise RuntimeError(f"dockyard did not start; log:\n{self.log()}") from None
         return self
 
+    def cli(self, *args: str, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
+        """Run `dockyard ARGS --config … --data …` against this server's data directory."""
+        res = subprocess.run(
+            [sys.executable, "-m", "dockyard", *args,
+             "--config", str(self.config_path), "--data", str(self.data_dir)],
+            input=stdin, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=120,
+        )
+        if check:
+            assert res.returncode == 0, f"dockyard {' '.join(args)}: {res.stderr}"
+        return res
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
