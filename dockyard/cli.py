@@ -16,6 +16,7 @@ from launcher.config import LauncherSettings
 from registry.config import Config, ConfigError, load_config
 from registry.events import NotificationSettings
 from registry.events import cli as events_cli
+from registry.storage import StorageError
 
 from . import admin, checkconfig
 from .logs import ACCESS_LOGGER, AccessLogger, setup_logging
@@ -159,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dockyard: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:
+        # Startup checks of the store (bucket, credentials, endpoint) say what to fix.
+        print(f"dockyard: storage: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -193,7 +193,9 @@ class GarbageCollector:
         # Objects a crash left between storage commit and index insert.
         known = {key for _, key, _, _ in await index.all()}
         async for key, mtime in store.list_blob_keys():
-            if key not in known and mtime < cutoff:
+            # Re-read just before deleting: a commit may have recorded the key since `known`
+            # (an S3 multipart object is dated by the start of its upload, not its end).
+            if key not in known and mtime < cutoff and not await index.has_key(key):
                 report.orphans_deleted += 1
                 if not dry_run:
                     await store.delete_blob(key)

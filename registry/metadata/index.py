@@ -64,6 +64,10 @@ class BlobIndex:
             row = await cur.fetchone()
         return row[0] if row else None
 
+    async def has_key(self, key: str) -> bool:
+        async with self.db.execute("SELECT 1 FROM blobs WHERE key=? LIMIT 1", (key,)) as cur:
+            return await cur.fetchone() is not None
+
     async def all(self) -> list[tuple[str, str, int, float]]:
         async with self.db.execute("SELECT digest, key, size, created_at FROM blobs") as cur:
             return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
