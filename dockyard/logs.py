@@ -111,8 +111,11 @@ def request_fields(request: BaseRequest) -> dict[str, Any]:
         "remote": request.remote or "",
         "user_agent": request.headers.get("User-Agent", ""),
     }
-    name = getattr(request, "match_info", {}).get("name")
-    registry = request.app.get(REGISTRY) if hasattr(request, "app") else None
+    try:
+        name = request.match_info.get("name")  # type: ignore[attr-defined]
+        registry = request.app.get(REGISTRY)  # type: ignore[attr-defined]
+    except (AttributeError, AssertionError):  # a request that never reached the router
+        name, registry = None, None
     if name and registry is not None:
         fields["repository"] = name
         fields["customer"] = registry.customer(name)
