@@ -33,7 +33,7 @@ class MetadataStore:
         await self.index.close()
 
     def exists(self, customer: str) -> bool:
-        return (self.root / customer / "meta.db").exists()
+        return customer in self._open or (self.root / customer / "meta.db").exists()
 
     def customers(self) -> list[str]:
         return sorted(p.parent.name for p in self.root.glob("*/meta.db"))
