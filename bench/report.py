@@ -1,0 +1,89 @@
+"""Turn samples into the markdown tables and the JSON document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .core import Bench, Row, Scenario, summary
+from .servers import DOCKYARD, REFERENCE
+
+
+def fmt(x: float) -> str:
+    a = abs(x)
+    if a >= 1000:
+        return f"{x:,.0f}"
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def cell(s: dict[str, float] | None) -> str:
+    if s is None:
+        return "—"
+    if s["n"] == 1:
+        return fmt(s["median"])
+    return f"{fmt(s['median'])} [{fmt(s['min'])}–{fmt(s['max'])}]"
+
+
+def row_result(bench: Bench, row: Row) -> dict[str, Any]:
+    samples = bench.samples.get((row.phase, row.key))
+    dy = summary(samples.values.get(DOCKYARD, [])) if samples else None
+    ref = summary(samples.values.get(REFERENCE, [])) if samples else None
+    ratio = dy["median"] / ref["median"] if dy and ref and ref["median"] else None
+    meets = None
+    if row.check is not None and dy is not None:
+        meets = row.check(dy["median"], ref["median"] if ref else None)
+    return {
+        "phase": row.phase, "metric": row.label, "key": row.key,
+        "higher_is_better": row.higher_is_better, "target": row.target,
+        "dockyard": dy, "reference": ref, "ratio": ratio, "meets_target": meets,
+        "samples": samples.values if samples else {},
+    }
+
+
+def results(bench: Bench, scenarios: list[Scenario]) -> list[dict[str, Any]]:
+    out = []
+    for sc in scenarios:
+        for row in sc.rows:
+            r = row_result(bench, row)
+            if r["dockyard"] is None and r["reference"] is None:
+                continue
+            out.append({"scenario": sc.name, **r})
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| scenario | metric | dockyard median [min–max] | reference median [min–max] "
+        "| dockyard/reference | better | target | meets |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "—"
+        meets = {True: "yes", False: "**NO**", None: ""}[r["meets_target"]]
+        lines.append(
+            f"| {r['phase']} | {r['metric']} | {cell(r['dockyard'])} | {cell(r['reference'])} "
+            f"| {ratio} | {'higher' if r['higher_is_better'] else 'lower'} | {r['target']} "
+            f"| {meets} |"
+        )
+    return "\n".join(lines)
+
+
+def cpu_table(bench: Bench) -> str:
+    lines = [
+        "| phase | dockyard: server CPU s | client CPU s | wall s "
+        "| reference: server CPU s | client CPU s | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for phase, by_target in bench.cpu.items():
+        cells = []
+        for name in (DOCKYARD, REFERENCE):
+            d = by_target.get(name, {})
+            for key in ("server_s", "client_s", "wall_s"):
+                cells.append(cell(summary(d.get(key, []))))
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""The registries under test: dockyard (`dockyard serve` subprocess) and the reference registry.
+
+Each runs on a free loopback port with a fresh data directory and is stopped by its PID when its
+context exits (also on Ctrl-C or failure). A `Target` is what scenarios see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.net import free_port, wait_http
+from tests.support.reference import reference_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKYARD = "dockyard"
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # DOCKYARD or REFERENCE
+    url: str  # http://127.0.0.1:PORT
+    pid: int  # root of the server's process tree
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("http://")
+
+
+def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def dockyard(
+    workdir: Path, extra_args: list[str], config_text: str = "", name: str = "dockyard"
+) -> Iterator[Target]:
+    """`dockyard serve` with the default (filesystem) configuration and `extra_args` appended."""
+    data = workdir / f"{name}-data"
+    data.mkdir(parents=True)
+    config = workdir / f"{name}.toml"
+    config.write_text(config_text)
+    log_path = workdir / f"{name}.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        sys.executable, "-m", "dockyard", "serve", "--config", str(config), "--data", str(data),
+        "--addr", f"127.0.0.1:{port}", *extra_args,
+    ]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            start_new_session=True,  # Ctrl-C in the terminal reaches us, not the server
+        )
+    try:
+        try:
+            wait_http(url + "/v2/", timeout=30, proc=proc)
+        except Exception as exc:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"dockyard did not start ({exc}); log:\n{tail}") from None
+        yield Target(DOCKYARD, url, proc.pid, data, log_path)
+    finally:
+        stop_pid(proc)
+
+
+# What Debian's /etc/docker/registry/config.yml (and distribution's example config) ship: the
+# in-memory blob descriptor cache (without it every HEAD/GET re-reads link files from disk),
+# info-level logs and the access log, like dockyard's defaults.
+REFERENCE_CONFIG = {
+    "storage": {"cache": {"blobdescriptor": "inmemory"}},
+    "log": {"level": "info", "accesslog": {"disabled": False}},
+}
+# --quiet-logs: no per-request log lines on either side.
+REFERENCE_QUIET = {"log": {"level": "warn", "accesslog": {"disabled": True}}}
+DOCKYARD_QUIET = '[log]\nlevel = "warning"\naccess_log = false\n'
+
+
+@contextlib.contextmanager
+def reference(quiet_logs: bool = False) -> Iterator[Target]:
+    config = {**REFERENCE_CONFIG, **(REFERENCE_QUIET if quiet_logs else {})}
+    with reference_registry(config) as ref:
+        yield Target(REFERENCE, ref.url, ref.pid, ref.root, ref.log_path)
+
+
+def make_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="dybench-", dir="/tmp"))
