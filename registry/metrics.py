@@ -8,14 +8,12 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     ProcessCollector,
     disable_created_metrics,
-    generate_latest,
 )
 
 # No `*_created` series: they double the scrape and Prometheus does not use them.
@@ -142,8 +140,3 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         REQUESTS.labels(route, request.method, str(status)).inc()
         LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
 
-
-async def metrics_handler(request: web.Request) -> web.Response:
-    return web.Response(
-        body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
