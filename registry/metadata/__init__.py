@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .customer import CustomerMeta, ManifestRecord, NewManifest, UploadRecord
 from .index import BlobIndex
-from .schema import CUSTOMER_MIGRATIONS, connect
+from .schema import CUSTOMER_MIGRATIONS, connect, connect_reader
 
 # Open connections kept at once; each aiosqlite connection holds a thread.
 MAX_OPEN_CUSTOMERS = 64
@@ -51,7 +51,9 @@ class MetadataStore:
         try:
             path = self.root / name
             path.mkdir(parents=True, exist_ok=True)
-            meta = CustomerMeta(name, await connect(str(path / "meta.db"), CUSTOMER_MIGRATIONS))
+            db_path = str(path / "meta.db")
+            writer = await connect(db_path, CUSTOMER_MIGRATIONS)
+            meta = CustomerMeta(name, writer, connect_reader(db_path))
             self._open[name] = meta
             fut.set_result(meta)
         except BaseException as exc:

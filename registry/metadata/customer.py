@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -54,15 +55,23 @@ class QuotaExceeded(Exception):
 
 
 class CustomerMeta:
-    def __init__(self, name: str, db: aiosqlite.Connection) -> None:
+    def __init__(
+        self, name: str, db: aiosqlite.Connection, rdb: sqlite3.Connection | None = None
+    ) -> None:
         self.name = name
         self.db = db
+        # Reads go to a second, read-only connection used synchronously on the event loop: a
+        # WAL reader never waits for writers, and a point query costs microseconds, far less
+        # than a hop to aiosqlite's thread. Writes keep the async connection.
+        self.rdb = rdb
         # One connection serves many coroutines: transactions must not interleave.
         self._write_lock = asyncio.Lock()
         self._repo_ids: dict[str, int] = {}
 
     async def close(self) -> None:
         await self.db.close()
+        if self.rdb is not None:
+            self.rdb.close()
 
     @asynccontextmanager
     async def tx(self, rollback: bool = False) -> AsyncIterator[aiosqlite.Connection]:
@@ -76,10 +85,14 @@ class CustomerMeta:
             await self.db.execute("ROLLBACK" if rollback else "COMMIT")
 
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
+        if self.rdb is not None:
+            return self.rdb.execute(sql, tuple(args)).fetchone()
         async with self.db.execute(sql, tuple(args)) as cur:
             return await cur.fetchone()
 
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        if self.rdb is not None:
+            return self.rdb.execute(sql, tuple(args)).fetchall()
         async with self.db.execute(sql, tuple(args)) as cur:
             return list(await cur.fetchall())
 

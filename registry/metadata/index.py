@@ -7,29 +7,32 @@ inside the DELETE itself, so a concurrent commit can never lose its object.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
 import aiosqlite
 
-from .schema import INDEX_MIGRATIONS, connect
+from .schema import INDEX_MIGRATIONS, connect, connect_reader
 
 
 class BlobIndex:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, rdb: sqlite3.Connection) -> None:
         self.db = db
+        self.rdb = rdb  # synchronous reads on the event loop (see CustomerMeta)
 
     @classmethod
     async def open(cls, path: Path) -> BlobIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(await connect(str(path), INDEX_MIGRATIONS))
+        db = await connect(str(path), INDEX_MIGRATIONS)
+        return cls(db, connect_reader(str(path)))
 
     async def close(self) -> None:
         await self.db.close()
+        self.rdb.close()
 
     async def lookup(self, digest: str) -> tuple[str, int] | None:
-        async with self.db.execute("SELECT key, size FROM blobs WHERE digest=?", (digest,)) as cur:
-            row = await cur.fetchone()
+        row = self.rdb.execute("SELECT key, size FROM blobs WHERE digest=?", (digest,)).fetchone()
         return (row[0], row[1]) if row else None
 
     async def add(self, digest: str, key: str, size: int) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import aiosqlite
 
 # Per-customer database: everything one customer owns. One customer's load, corruption or
@@ -108,6 +110,15 @@ async def migrate(db: aiosqlite.Connection, migrations: list[str]) -> None:
     except BaseException:
         await db.execute("ROLLBACK")
         raise
+
+
+def connect_reader(path: str) -> sqlite3.Connection:
+    """A read-only connection for synchronous point queries on the event loop."""
+    db = sqlite3.connect(
+        f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+    )
+    db.execute("PRAGMA busy_timeout=2000")
+    return db
 
 
 async def connect(path: str, migrations: list[str]) -> aiosqlite.Connection:
