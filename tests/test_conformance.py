@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -159,11 +160,16 @@ def test_cli_writes_reports_and_summary(reference: ReferenceRegistry, tmp_path: 
 
 
 def test_cli_reports_an_unreachable_registry(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "conformance", "--registry", f"http://127.0.0.1:{free_port()}",
-         "--repo", "conformance/none"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )
+    # A port bound but never listening refuses connections; a merely free one could be taken
+    # by another server meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "conformance", "--registry", f"http://127.0.0.1:{port}",
+             "--repo", "conformance/none"],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+        )
     assert proc.returncode == 2
     assert "cannot reach the registry" in proc.stderr
 
