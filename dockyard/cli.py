@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import logging
 import sys
@@ -54,15 +53,6 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _use_uvloop() -> None:
-    """uvloop roughly halves the event loop's per-request overhead; plain asyncio otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import build_app
 
@@ -96,7 +86,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.data_dir,
         extra={"event": "listening", "url": f"{scheme}://{host}:{port}"},
     )
-    _use_uvloop()
     # Like web.run_app, but SIGTERM lets uploads in flight finish (dockyard/ops/serve.py).
     run_server(
         app,
