@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -120,6 +121,7 @@ class Registry:
         # bytes already stored; hash state is never serialised.
         self._hashers: dict[str, tuple[int, Any]] = {}
         self._upload_locks: dict[str, asyncio.Lock] = {}
+        self._tags_cache: dict[str, tuple[int | None, bytes]] = {}
 
     # Helpers
 
@@ -494,12 +496,29 @@ class Registry:
     # Discovery
 
     async def list_tags(self, name: str, n: int | None, last: str | None) -> list[str]:
+        meta = await self._existing_repo(name)
+        return await meta.tags(name, n, last)
+
+    async def tags_document(self, name: str) -> bytes:
+        """The whole tag list as JSON, cached until the customer's database changes."""
+        meta = await self._existing_repo(name)
+        version = meta.data_version()
+        cached = self._tags_cache.get(name)
+        if cached is not None and version is not None and cached[0] == version:
+            return cached[1]
+        body = json.dumps({"name": name, "tags": await meta.tags(name, None, None)}).encode()
+        if len(self._tags_cache) >= 1024:
+            self._tags_cache.pop(next(iter(self._tags_cache)))
+        self._tags_cache[name] = (version, body)
+        return body
+
+    async def _existing_repo(self, name: str) -> CustomerMeta:
         if not self.meta.exists(self.customer(name)):
             raise NameUnknown("repository name not known to registry", detail={"name": name})
         meta = await self._meta(name)
         if await meta.repo_id(name) is None:
             raise NameUnknown("repository name not known to registry", detail={"name": name})
-        return await meta.tags(name, n, last)
+        return meta
 
     async def referrers(
         self, name: str, digest: str, artifact_type: str | None

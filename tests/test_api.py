@@ -548,6 +548,11 @@ async def test_tag_list_pagination(client: TestClient) -> None:
     assert "Link" not in exact.headers
     zero = await client.get("/v2/acme/web/tags/list?n=0")
     assert (await zero.json())["tags"] == [] and "Link" not in zero.headers
+    # The full list follows every change (it is cached until the database changes).
+    await client.put("/v2/acme/web/manifests/f", data=body, headers={"Content-Type": OCI_MANIFEST})
+    await client.delete("/v2/acme/web/manifests/a")
+    after = await (await client.get("/v2/acme/web/tags/list")).json()
+    assert after["tags"] == ["b", "c", "d", "e", "f"]
     unknown = await client.get("/v2/acme/nothing/tags/list")
     assert unknown.status == 404 and await error_code(unknown) == "NAME_UNKNOWN"
 

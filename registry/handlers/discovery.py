@@ -19,6 +19,9 @@ async def list_tags(request: web.Request) -> web.StreamResponse:
         tags: list[str] = []
         await registry_of(request).list_tags(name, 0, last)
         return web.json_response({"name": name, "tags": tags})
+    if n is None and last is None:
+        body = await registry_of(request).tags_document(name)
+        return web.Response(body=body, content_type="application/json")
     # Ask for one more than a page to know whether a next page exists.
     tags = await registry_of(request).list_tags(name, n + 1 if n else None, last)
     more = n is not None and len(tags) > n

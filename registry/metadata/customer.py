@@ -84,6 +84,13 @@ class CustomerMeta:
                 raise
             await self.db.execute("ROLLBACK" if rollback else "COMMIT")
 
+    def data_version(self) -> int | None:
+        """Changes whenever any connection commits to this database (None: no read connection).
+        Lets callers cache derived answers across requests and worker processes."""
+        if self.rdb is None:
+            return None
+        return self.rdb.execute("PRAGMA data_version").fetchone()[0]
+
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
         if self.rdb is not None:
             return self.rdb.execute(sql, tuple(args)).fetchone()
