@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="attach py-spy to dockyard during every dockyard phase (numbers are "
                         "perturbed; profiles go to the results directory)")
+    p.add_argument("--profile-native", action="store_true",
+                   help="with --profile: also sample C frames (py-spy --native), e.g. sendfile, "
+                        "hashing, sqlite")
     p.add_argument("--quiet-logs", action="store_true",
                    help="turn off per-request logging in both registries (default: each "
                         "as shipped, access log on)")
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 from .profile import Profiler
 
-                profiler = Profiler(out_dir / "profiles")
+                profiler = Profiler(out_dir / "profiles", native=args.profile_native)
             bench = Bench(
                 targets={DOCKYARD: dy, REFERENCE: ref}, work=work, results_dir=out_dir,
                 reps=reps, quick=args.quick, load_seconds=load_seconds, profiler=profiler,
