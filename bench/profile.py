@@ -34,7 +34,8 @@ IDLE_LEAVES = (
 
 
 def is_idle(func: str, file: str) -> bool:
-    return any(func == f and file.endswith(suffix) for f, suffix in IDLE_LEAVES)
+    return any((func == f or func.endswith("." + f)) and file.endswith(suffix)
+               for f, suffix in IDLE_LEAVES)
 
 
 def py_spy() -> str | None:
