@@ -16,7 +16,6 @@ import os
 import pathlib
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -694,44 +693,6 @@ async def test_kill_9_mid_deployment_then_restart_completes_without_orphans(env,
         for engine in engines.values():
             for c in await containers_of(engine, cluster):
                 await asyncio.to_thread(engine.docker, "rm", "-f", c["ID"], check=False)
-
-
-@pytest.mark.skipif(os.environ.get("LAUNCHER_BENCH") != "1",
-                    reason="measurement, not a test: LAUNCHER_BENCH=1 to run")
-async def test_measure_push_to_running_latency(env, images):
-    """Median of 5: `docker push` returning (the manifest PUT answered) -> the new container's
-    process started (Docker's State.StartedAt), on a warm instance with layers it never saw."""
-    api = env["api"]
-    await api.call("POST", "/task-definitions", {
-        "family": "bench",
-        "containerDefinitions": [{"name": "app", "image": "acme/bench", "cpu": 64,
-                                  "memory": 32, "command": ["sleep", "3600"]}],
-    }, expect=201)
-    await api.call("POST", "/services", {
-        "name": "bench", "repository": "acme/bench", "taskDefinition": "bench",
-        "placementConstraints": [{"type": "memberOf", "expression": "attribute:zone == z2"}],
-    }, expect=201)
-    from_push, from_event = [], []
-    for n in range(5):
-        reg = env["reg"]
-        await asyncio.to_thread(import_image, env["engines"]["a"], f"{reg}/acme/bench:{n}",
-                                site(f"bench-{n}-{uuid.uuid4()}"))
-        proc = await asyncio.to_thread(env["engines"]["a"].docker, "push",
-                                       f"{reg}/acme/bench:{n}")
-        pushed = time.time()
-        digest = proc.stdout.rsplit("digest: ", 1)[1].split()[0]
-        dep = await api.deployment_for("bench", digest)
-        assert dep["state"] == "SUCCESSFUL", dep
-        (task,) = [t for t in await api.tasks("bench") if t["image"].endswith(digest)]
-        engine = env["engines"]["b"]
-        info = await inspect(engine, task["containers"][0]["id"])
-        started = ts(info["State"]["StartedAt"][:26] + "Z")
-        from_push.append(started - pushed)
-        from_event.append(started - ts(dep["createdAt"]))
-    print(f"\npush->running: {[round(x, 3) for x in from_push]} "
-          f"median {statistics.median(from_push):.3f}s")
-    print(f"event->running: {[round(x, 3) for x in from_event]} "
-          f"median {statistics.median(from_event):.3f}s")
 
 
 def _toml(doc: dict[str, Any]) -> str:
