@@ -20,7 +20,6 @@ from .access import Access
 from .config import GcSettings, RegistrySettings
 from .errors import (
     BlobUnknown,
-    BlobUploadInvalid,
     BlobUploadUnknown,
     Denied,
     DigestInvalid,
@@ -294,9 +293,12 @@ class Registry:
                     "Docker-Upload-UUID": upload_id,
                 },
             )
-        hasher = await self._hasher(rec)
+        # Hash into a copy: a write that fails half-way leaves the cached state at the old
+        # offset still valid, so a retry does not re-read what was stored.
+        base = await self._hasher(rec)
+        self._hashers[upload_id] = (rec.offset, base)
+        hasher = base.copy()
         state = UploadState(rec.id, rec.offset, rec.driver)
-        self._hashers.pop(upload_id, None)  # the hash is only valid again once the write lands
         new = await self.store.write_upload(state, blocks, hasher.update)
         written = new.offset - rec.offset
         if length is not None and written != length:
@@ -548,4 +550,4 @@ class Registry:
         return out
 
 
-__all__ = ["BlobInfo", "BlobUploadInvalid", "Change", "Origin", "Registry", "upload_location"]
+__all__ = ["BlobInfo", "Change", "Origin", "Registry", "upload_location"]
