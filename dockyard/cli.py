@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
+import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from auth import cli as auth_cli
@@ -74,30 +78,91 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.workers:
+        config.http.workers = args.workers
+    workers = max(1, config.http.workers)
+    if workers > 1 and config.section("launcher").get("enabled"):
+        print(
+            "dockyard: the launcher runs in exactly one process; serve with --workers 1, or run "
+            "it alone (`dockyard launcher serve`) fed by a webhook endpoint",
+            file=sys.stderr,
+        )
+        return 2
     ssl_context = server_ssl_context(config.http)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    app = build_app(config)
     scheme = "https" if ssl_context else "http"
     log.info(
-        "serving on %s://%s:%d (data %s)",
+        "serving on %s://%s:%d (data %s, %d worker%s)",
         scheme,
         host,
         port,
         config.data_dir,
-        extra={"event": "listening", "url": f"{scheme}://{host}:{port}"},
+        workers,
+        "" if workers == 1 else "s",
+        extra={"event": "listening", "url": f"{scheme}://{host}:{port}", "workers": workers},
     )
-    # Like web.run_app, but SIGTERM lets uploads in flight finish (dockyard/ops/serve.py).
-    run_server(
-        app,
-        host=host,
-        port=port,
-        ssl_context=ssl_context,
-        access_log=logging.getLogger(ACCESS_LOGGER) if config.log.access_log else None,
-        access_log_class=AccessLogger,
-        shutdown_timeout=config.http.shutdown_timeout,
-        reuse_port=config.http.workers > 1,
-    )
-    return 0
+
+    def serve(primary: bool) -> None:
+        if not primary:
+            config.gc.interval_seconds = 0  # one periodic collector is enough
+        # Like web.run_app, but SIGTERM lets uploads in flight finish (dockyard/ops/serve.py).
+        run_server(
+            build_app(config),
+            host=host,
+            port=port,
+            ssl_context=ssl_context,
+            access_log=logging.getLogger(ACCESS_LOGGER) if config.log.access_log else None,
+            access_log_class=AccessLogger,
+            shutdown_timeout=config.http.shutdown_timeout,
+            reuse_port=workers > 1,
+        )
+
+    if workers == 1:
+        serve(primary=True)
+        return 0
+    return supervise(workers, serve)
+
+
+def supervise(workers: int, serve: Callable[[bool], None]) -> int:
+    """Fork `workers` processes sharing the port (SO_REUSEPORT); forward signals; reap them.
+
+    Each worker is a whole server on the same data directory: SQLite (WAL) serialises writes
+    across processes, the event outbox leases deliveries, caches check the database's version.
+    """
+    children: dict[int, int] = {}
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                serve(index == 0)
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    status = 0
+    while children:
+        try:
+            pid, raw = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(raw)
+        if code != 0:
+            log.error("worker %s exited with %d; stopping the others", index, code)
+            status = status or 1
+            forward(signal.SIGTERM, None)
+    return status
 
 
 def auth_settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str]:
@@ -125,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument(
         "--addr", metavar="HOST:PORT", help="listen address (default 127.0.0.1:5000)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the port (default [http] workers, 1)",
     )
     serve.add_argument(
         "--insecure",
