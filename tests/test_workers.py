@@ -11,15 +11,25 @@ from tests.support.dockerd import DockerDaemon
 from tests.support.server import ROOT, DockyardServer
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def test_two_workers_pass_conformance_and_serve_docker(
     dockerd: DockerDaemon, busybox: str, tmp_path: Path
 ) -> None:
     with DockyardServer(tmp_path / "data", "[http]\nworkers = 2\n") as server:
         assert server.proc is not None
-        workers = subprocess.run(
-            ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True
-        ).stdout.split()
-        assert len(workers) == 2
+        assert len(children(server.proc.pid)) == 2
         # Requests of one upload land on either process: hash state is rebuilt where needed,
         # writes serialise in SQLite, caches follow the database version.
         results = conformance.run(server.url, "conformance/workers")
