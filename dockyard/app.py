@@ -26,6 +26,7 @@ from registry.gc import InUseHook
 from registry.metrics import record_deployment_event, record_placement
 from registry.reference import customer_of
 from registry.service import Change, Registry
+from registry.usage import usage_report
 
 from .ops import setup_ops
 
@@ -188,6 +189,22 @@ def setup_launcher(app: web.Application, config: Config) -> None:
     app.cleanup_ctx.append(lifecycle)
 
 
+def add_usage_routes(app: web.Application, registry: Registry) -> None:
+    """`GET /admin/usage[/{customer}]`: what `dockyard usage --json` prints."""
+
+    async def usage(request: web.Request) -> web.StreamResponse:
+        customer = request.match_info.get("customer")
+        rows = await usage_report(registry, customer)
+        if customer is not None:
+            if not rows:
+                raise web.HTTPNotFound(text=f"no customer {customer}")
+            return web.json_response(rows[0])
+        return web.json_response(rows)
+
+    app.router.add_get("/admin/usage", usage)
+    app.router.add_get("/admin/usage/{customer}", usage)
+
+
 async def build_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     registry = make_registry(config)
@@ -207,6 +224,7 @@ async def build_app(config: Config) -> web.Application:
         app.on_cleanup.append(close_auth)
     setup_events(app, config, registry)
     setup_launcher(app, config)
+    add_usage_routes(app, registry)
     # /healthz, /readyz, /metrics, read-only mode, periodic GC (dockyard/ops).
     setup_ops(app, config, registry, outbox=lambda: app.get(OUTBOX), gc_hooks=gc_hooks(config))
     return app

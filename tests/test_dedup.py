@@ -233,6 +233,9 @@ async def test_quota_refuses_push_and_leaves_usage_unchanged(tmp_path: Path) -> 
                 assert r.status == 404
             usage_after = json.loads(_cli(server, "usage", "acme", "--json"))
             assert usage_after["logical_bytes"] == usage_before["logical_bytes"]
+            async with http.get("/admin/usage/acme") as r:  # the same over HTTP
+                assert (await r.json())["logical_bytes"] == usage_before["logical_bytes"]
+                assert (await r.json())["quota_bytes"] == 3 * 1024 * 1024
             # Another customer is not affected by acme's quota.
             async with http.post(
                 f"/v2/globex/q/blobs/uploads/?digest={sha256(big)}", data=big
