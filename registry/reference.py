@@ -30,9 +30,6 @@ class Digest:
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
 
-    def hasher(self) -> hashlib._Hash:
-        return hashlib.new(self.algorithm)
-
 
 def parse_digest(value: str) -> Digest:
     """Parse a digest string; unknown algorithms and malformed encodings are DIGEST_INVALID."""
