@@ -143,6 +143,8 @@ class Registry:
         may pull some repository of the same customer that holds it. Another customer's blobs
         are never looked at, so their existence cannot show in status, body or timing.
         """
+        if not self.meta.exists(self.customer(name)):
+            return None  # a read never creates a customer's database
         meta = await self._meta(name)
         found = await meta.repo_blob(name, digest)
         holder = name
@@ -188,6 +190,8 @@ class Registry:
         if not self.settings.delete_enabled:
             raise Unsupported("deletion is disabled")
         parse_digest(digest)
+        if not self.meta.exists(self.customer(name)):
+            raise BlobUnknown("blob unknown to registry", detail={"digest": digest})
         meta = await self._meta(name)
         if not await meta.unlink_blob(name, digest):
             raise BlobUnknown("blob unknown to registry", detail={"digest": digest})

@@ -95,6 +95,10 @@ async def test_missing_blob_and_bad_digest(client: TestClient) -> None:
     assert missing.status == 404 and await error_code(missing) == "BLOB_UNKNOWN"
     head = await client.head(f"/v2/acme/web/blobs/{sha256(b'nope')}")
     assert head.status == 404
+    # Reads of unknown customers answer 404 without creating anything for them.
+    stranger = await client.head(f"/v2/stranger/web/blobs/{sha256(b'nope')}")
+    assert stranger.status == 404
+    assert "stranger" not in client.app[REGISTRY].meta.customers()
     for bad in ("sha256:abc", "md5:" + "a" * 32, "sha256:" + "G" * 64, "nodigest"):
         resp = await client.get(f"/v2/acme/web/blobs/{bad}")
         assert resp.status == 400, bad
