@@ -17,6 +17,7 @@ from typing import IO, Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from registry.access import ACCESS
 from registry.config import ConfigError, LogSettings
 from registry.handlers.base import REGISTRY, REQUEST_ID
 
@@ -119,7 +120,7 @@ def request_fields(request: BaseRequest) -> dict[str, Any]:
     if name and registry is not None:
         fields["repository"] = name
         fields["customer"] = registry.customer(name)
-    subject = getattr(request.get("access"), "subject", None)
+    subject = getattr(request.get(ACCESS), "subject", None)
     if subject:
         fields["user"] = subject
     received = getattr(request.content, "total_bytes", 0)

@@ -25,5 +25,8 @@ class AllowAll:
 ALLOW_ALL = AllowAll()
 
 
+ACCESS = web.RequestKey("access", object)
+
+
 def access_of(request: web.Request) -> Access:
-    return request.get("access", ALLOW_ALL)
+    return request.get(ACCESS, ALLOW_ALL)  # type: ignore[return-value]

@@ -28,6 +28,7 @@ from auth.config import AuthSettings
 from auth.scope import Resource, is_repository_name
 from auth.service import Auth
 from auth.tokens import Claims, TokenError, TokenExpired
+from registry.access import ACCESS
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 UploadOwner = Callable[[str, str], Awaitable[str | None]]
@@ -212,7 +213,7 @@ def make_auth_middleware(
         token = _bearer_token(request)
         if token is None:
             if await public_pull(need):
-                request["access"] = TokenAccess(None, None, accounts)
+                request[ACCESS] = TokenAccess(None, None, accounts)
                 return await handler(request)
             return challenge(request, need, None)
         try:
@@ -228,7 +229,7 @@ def make_auth_middleware(
             granted = claims.actions(resource.type, resource.name)
             if not set(resource.actions) <= granted and not await public_pull(need):
                 return challenge(request, need, "insufficient_scope")
-        request["access"] = TokenAccess(claims.subject or None, claims, accounts)
+        request[ACCESS] = TokenAccess(claims.subject or None, claims, accounts)
         return await handler(request)
 
     return auth_middleware

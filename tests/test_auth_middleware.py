@@ -22,6 +22,7 @@ from auth.keys import load_signing_key
 from auth.scope import Resource
 from auth.service import Auth, create_auth
 from auth.tokens import TokenIssuer
+from registry.access import ACCESS
 from registry.authz import make_auth_middleware
 from tests.test_auth_endpoint import PASSWORDS, basic, seeded  # noqa: F401 - fixture
 from tests.test_auth_tokens import claims_for, forged_tokens, sign
@@ -43,7 +44,7 @@ class StandIn:
 
     @staticmethod
     def _report(request: web.Request, **extra: Any) -> web.Response:
-        access = request["access"]
+        access = request[ACCESS]
         return web.json_response(
             {"name": request.match_info.get("name"), "subject": access.subject, **extra}
         )
@@ -52,7 +53,7 @@ class StandIn:
         return web.json_response({})
 
     async def catalog(self, request: web.Request) -> web.Response:
-        access = request["access"]
+        access = request[ACCESS]
         return web.json_response(
             {"repositories": [r for r in REPOSITORIES if await access.can(r, "pull")]}
         )
@@ -61,7 +62,7 @@ class StandIn:
         return self._report(request)
 
     async def blob(self, request: web.Request) -> web.Response:
-        access = request["access"]
+        access = request[ACCESS]
         others = {
             f"{r}:{a}": await access.can(r, a)
             for r in REPOSITORIES
@@ -70,7 +71,7 @@ class StandIn:
         return self._report(request, can=others)
 
     async def start_upload(self, request: web.Request) -> web.Response:
-        access = request["access"]
+        access = request[ACCESS]
         source = request.query.get("from")
         if source and await access.can(source, "pull"):
             return web.json_response({"mounted": source}, status=201)

@@ -120,7 +120,7 @@ async def _token(http: aiohttp.ClientSession, user: str, password: str, scope: s
     async with http.get(
         "/auth/token",
         params={"service": "dockyard", "scope": scope},
-        auth=aiohttp.BasicAuth(user, password),
+        headers={"Authorization": aiohttp.encode_basic_auth(user, password)},
     ) as r:
         assert r.status == 200, await r.text()
         return (await r.json())["token"]

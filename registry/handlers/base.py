@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ..access import ACCESS
 from ..errors import RangeNotSatisfiable
 from ..metrics import BYTES_RECEIVED, UPLOADS_IN_FLIGHT
 from ..reference import check_name
@@ -29,7 +30,7 @@ def registry_of(request: web.Request) -> Registry:
 
 
 def origin(request: web.Request) -> Origin:
-    access = request.get("access")
+    access = request.get(ACCESS)
     peer = request.remote or ""
     return Origin(
         request_id=request.get(REQUEST_ID, ""),
