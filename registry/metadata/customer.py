@@ -185,11 +185,13 @@ class CustomerMeta:
         """Inside the write transaction: refuse blobs that would take the customer past quota."""
         if quota is None or not new:
             return
-        added = 0
-        for digest, size in dict(new).items():
-            async with db.execute("SELECT 1 FROM blobs WHERE digest=?", (digest,)) as cur:
-                if await cur.fetchone() is None:
-                    added += size
+        wanted = dict(new)
+        marks = ",".join("?" * len(wanted))
+        async with db.execute(
+            f"SELECT digest FROM blobs WHERE digest IN ({marks})", tuple(wanted)
+        ) as cur:
+            held = {row[0] for row in await cur.fetchall()}
+        added = sum(size for digest, size in wanted.items() if digest not in held)
         if not added:
             return
         async with db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs") as cur:
@@ -218,15 +220,19 @@ class CustomerMeta:
         return {r[0]: r[1] for r in await self._all("SELECT digest, size FROM blobs")}
 
     @staticmethod
-    async def _link(db: aiosqlite.Connection, repo_id: int, digest: str, size: int) -> None:
+    async def _link(
+        db: aiosqlite.Connection, repo_id: int, blobs: list[tuple[str, int]]
+    ) -> None:
+        """Link blobs into a repository: two statements whatever their number (each statement
+        is a round trip to the database thread)."""
         now = time.time()
-        await db.execute(
+        await db.executemany(
             "INSERT OR IGNORE INTO blobs(digest, size, created_at) VALUES (?, ?, ?)",
-            (digest, size, now),
+            [(digest, size, now) for digest, size in blobs],
         )
-        await db.execute(
+        await db.executemany(
             "INSERT OR IGNORE INTO repo_blobs(repo_id, digest, created_at) VALUES (?, ?, ?)",
-            (repo_id, digest, now),
+            [(repo_id, digest, now) for digest, _ in blobs],
         )
 
     async def link_blob(
@@ -240,7 +246,7 @@ class CustomerMeta:
         async with self.tx() as db:
             await self.check_quota(db, quota, [(digest, size)])
             repo_id = await self.ensure_repo(db, repo)
-            await self._link(db, repo_id, digest, size)
+            await self._link(db, repo_id, [(digest, size)])
             if upload_id:
                 await db.execute("DELETE FROM uploads WHERE id=?", (upload_id,))
         self._repo_ids.setdefault(repo, repo_id)
@@ -264,9 +270,7 @@ class CustomerMeta:
         async with self.tx() as db:
             await self.check_quota(db, quota, [*m.blobs, (m.digest, len(m.payload))])
             repo_id = await self.ensure_repo(db, repo)
-            for digest, size in m.blobs:
-                await self._link(db, repo_id, digest, size)
-            await self._link(db, repo_id, m.digest, len(m.payload))
+            await self._link(db, repo_id, [*m.blobs, (m.digest, len(m.payload))])
             # A re-push refreshes created_at: GC's age for untagged manifests starts again.
             await db.execute(
                 "INSERT INTO manifests(repo_id, digest, media_type, size, payload, "
