@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
+import sqlite3
 
 import aiosqlite
 
@@ -62,7 +64,14 @@ async def connect(path: pathlib.Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
         await db.execute("PRAGMA busy_timeout = 5000")
-        await db.execute("PRAGMA journal_mode = WAL")
+        for attempt in range(100):  # concurrent creation can be refused without waiting
+            try:
+                await db.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                await asyncio.sleep(0.01 * min(attempt + 1, 10))
         await db.execute("PRAGMA foreign_keys = ON")
         await migrate(db)
     except BaseException:

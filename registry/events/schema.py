@@ -20,6 +20,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from registry.metadata.schema import use_wal
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
     """
@@ -92,7 +94,7 @@ async def connect(path: Path) -> aiosqlite.Connection:
     try:
         db.row_factory = aiosqlite.Row
         await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await db.execute("PRAGMA journal_mode = WAL")
+        await use_wal(db)
         # FULL: a publish that returned survives power loss, not only a process crash.
         await db.execute("PRAGMA synchronous = FULL")
         await db.execute("PRAGMA foreign_keys = ON")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import aiosqlite
@@ -121,11 +122,26 @@ def connect_reader(path: str) -> sqlite3.Connection:
     return db
 
 
+async def use_wal(db: aiosqlite.Connection) -> None:
+    """Switch a database to WAL. Several processes creating one database at once (worker
+    processes, a CLI beside the server) can get SQLITE_BUSY here without the busy handler being
+    consulted, so retry for a while."""
+    for attempt in range(100):
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            await asyncio.sleep(0.01 * min(attempt + 1, 10))
+    await db.execute("PRAGMA journal_mode=WAL")
+
+
 async def connect(path: str, migrations: list[str]) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=NORMAL")
     await db.execute("PRAGMA busy_timeout=10000")
+    await use_wal(db)
+    await db.execute("PRAGMA synchronous=NORMAL")
     await db.execute("PRAGMA foreign_keys=ON")
     await migrate(db, migrations)
     return db
