@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from registry.metadata.schema import migrate as migrate_schema
 from registry.metadata.schema import use_wal
 
 MIGRATIONS: tuple[str, ...] = (
@@ -106,28 +107,4 @@ async def connect(path: Path) -> aiosqlite.Connection:
 
 
 async def migrate(db: aiosqlite.Connection) -> None:
-    # IMMEDIATE takes the write lock first, so worker processes starting together migrate once.
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        async with db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
-        if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"events database is at schema version {version}, newer than this dockyard "
-                f"({len(MIGRATIONS)})"
-            )
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in _statements(script):
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {number}")
-        await db.execute("COMMIT")
-    except BaseException:
-        await db.execute("ROLLBACK")
-        raise
-
-
-def _statements(script: str) -> list[str]:
-    # executescript() would COMMIT our transaction first; split on ';' instead (no ';' in bodies).
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    await migrate_schema(db, MIGRATIONS, "events")

@@ -93,7 +93,9 @@ INDEX_MIGRATIONS: list[str] = [
 ]
 
 
-async def migrate(db: aiosqlite.Connection, migrations: list[str]) -> None:
+async def migrate(
+    db: aiosqlite.Connection, migrations: list[str] | tuple[str, ...], name: str = "metadata"
+) -> None:
     """Apply missing steps; the version is read under the write lock so that several worker
     processes opening one database at once migrate it exactly once."""
     await db.execute("BEGIN IMMEDIATE")
@@ -101,16 +103,26 @@ async def migrate(db: aiosqlite.Connection, migrations: list[str]) -> None:
         async with db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         version = row[0] if row else 0
+        if version > len(migrations):
+            raise RuntimeError(
+                f"{name} database is at schema version {version}, newer than this dockyard "
+                f"({len(migrations)})"
+            )
         for step, script in enumerate(migrations[version:], start=version + 1):
-            # Scripts hold no semicolons inside statements, so a split is exact.
-            for statement in script.split(";"):
-                if statement.strip():
-                    await db.execute(statement)
+            for statement in statements(script):
+                await db.execute(statement)
             await db.execute(f"PRAGMA user_version = {step}")
         await db.execute("COMMIT")
     except BaseException:
         await db.execute("ROLLBACK")
         raise
+
+
+def statements(script: str) -> list[str]:
+    """Split a migration script: executescript() would COMMIT the migration's transaction
+    first. Comment lines are dropped; statements hold no semicolons in their bodies."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 def connect_reader(path: str) -> sqlite3.Connection:
