@@ -67,3 +67,24 @@ async def push_image(
 async def error_code(resp: Any) -> str:
     body = await resp.json(content_type=None)
     return body["errors"][0]["code"]
+
+
+async def push_to(
+    http: Any, base: str, repo: str, tag: str, layer: bytes, config: bytes
+) -> tuple[str, int]:
+    """Push a one-layer image to any registry at `base` (POST then PUT, which every registry
+    takes); return the manifest's digest and size."""
+    for blob in (layer, config):
+        async with http.post(f"{base}/v2/{repo}/blobs/uploads/") as resp:
+            assert resp.status == 202, await resp.text()
+            location = resp.headers["Location"]
+        if location.startswith("/"):
+            location = base + location
+        async with http.put(location, params={"digest": sha256(blob)}, data=blob) as resp:
+            assert resp.status == 201, await resp.text()
+    body = manifest(config, [layer])
+    async with http.put(
+        f"{base}/v2/{repo}/manifests/{tag}", data=body, headers={"Content-Type": OCI_MANIFEST}
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+    return sha256(body), len(body)

@@ -14,7 +14,6 @@ the content type.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from dataclasses import replace
 from typing import Any
@@ -23,51 +22,25 @@ import aiohttp
 
 from launcher.events import pushes
 from registry.events import open_events
+from tests.apiclient import push_to
 from tests.support.reference import reference_registry
 from tests.test_events_delivery import Receiver, hook, make_event, settings_for
 
-CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
-LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 async def push_pull_delete(base: str) -> tuple[str, int]:
     """Push an image as `acme/web:v1`, pull it, delete it by digest; return its digest, size."""
     layer, config = b"layer bytes", b'{"architecture":"amd64","os":"linux"}'
     async with aiohttp.ClientSession() as http:
-        for blob in (layer, config):
-            async with http.post(f"{base}/v2/acme/web/blobs/uploads/") as resp:
-                assert resp.status == 202, await resp.text()
-                location = resp.headers["Location"]
-            if location.startswith("/"):
-                location = base + location
-            async with http.put(location, params={"digest": sha256(blob)}, data=blob) as resp:
-                assert resp.status == 201, await resp.text()
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": MANIFEST_TYPE,
-                "config": {"mediaType": CONFIG_TYPE, "digest": sha256(config), "size": len(config)},
-                "layers": [{"mediaType": LAYER_TYPE, "digest": sha256(layer), "size": len(layer)}],
-            }
-        ).encode()
-        async with http.put(
-            f"{base}/v2/acme/web/manifests/v1",
-            data=manifest,
-            headers={"Content-Type": MANIFEST_TYPE},
-        ) as resp:
-            assert resp.status == 201, await resp.text()
+        digest, size = await push_to(http, base, "acme/web", "v1", layer, config)
         async with http.get(
             f"{base}/v2/acme/web/manifests/v1", headers={"Accept": MANIFEST_TYPE}
         ) as resp:
             assert resp.status == 200
-        async with http.delete(f"{base}/v2/acme/web/manifests/{sha256(manifest)}") as resp:
+        async with http.delete(f"{base}/v2/acme/web/manifests/{digest}") as resp:
             assert resp.status == 202, await resp.text()
-    return sha256(manifest), len(manifest)
+    return digest, size
 
 
 def find(events: list[dict[str, Any]], action: str, **target: Any) -> dict[str, Any]:

@@ -8,12 +8,11 @@ events can only come from what the server committed before it answered each mani
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from pathlib import Path
 
 import aiohttp
 
+from tests.apiclient import push_to
 from tests.support.net import free_port
 from tests.support.server import DockyardServer
 from tests.test_events_delivery import SECRET, Receiver
@@ -21,43 +20,9 @@ from tests.test_events_delivery import SECRET, Receiver
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
 
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 async def push(http: aiohttp.ClientSession, base: str, repo: str, tag: str) -> tuple[str, int]:
     layer, config = f"layer of {repo}:{tag}".encode(), b'{"architecture":"amd64","os":"linux"}'
-    for blob in (layer, config):
-        async with http.post(f"{base}/v2/{repo}/blobs/uploads/") as resp:
-            assert resp.status == 202, await resp.text()
-            location = resp.headers["Location"]
-        if location.startswith("/"):
-            location = base + location
-        async with http.put(location, params={"digest": sha256(blob)}, data=blob) as resp:
-            assert resp.status == 201, await resp.text()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_TYPE,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": sha256(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": sha256(layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
-    async with http.put(
-        f"{base}/v2/{repo}/manifests/{tag}", data=manifest, headers={"Content-Type": MANIFEST_TYPE}
-    ) as resp:
-        assert resp.status == 201, await resp.text()
-    return sha256(manifest), len(manifest)
+    return await push_to(http, base, repo, tag, layer, config)
 
 
 async def test_serve_kill_9_after_pushes_loses_no_event(tmp_path: Path) -> None:
