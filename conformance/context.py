@@ -14,7 +14,7 @@ from typing import Any
 from conformance import expect, fixtures
 from conformance.client import RegistryClient, Response
 from conformance.fixtures import Blob, Manifest
-from conformance.suite import CheckFailed
+from conformance.outcomes import CheckFailed
 
 
 @dataclass

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from conformance.client import Response, shorten
-from conformance.suite import CheckFailed
+from conformance.outcomes import CheckFailed
 
 # Error Codes table (code-1 … code-14).
 ERROR_CODES = frozenset({

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 
 from conformance.client import RegistryClient, TransportError
 from conformance.context import Context
-from conformance.suite import CATEGORIES, Check, CheckFailed, NotSupported, all_checks
+from conformance.outcomes import CheckFailed, NotSupported
+from conformance.suite import CATEGORIES, Check, all_checks
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 

@@ -14,14 +14,6 @@ CATEGORIES = ("pull", "push", "discovery", "referrers", "management", "errors")
 _MODULES = tuple(f"conformance.checks.{c}" for c in CATEGORIES)
 
 
-class CheckFailed(Exception):
-    """The registry did something the spec forbids (or failed to do what it requires)."""
-
-
-class NotSupported(Exception):
-    """The registry signalled that it omits a feature the spec lets it omit."""
-
-
 @dataclass(frozen=True)
 class Check:
     category: str

@@ -14,17 +14,17 @@ from aiohttp import web
 
 from auth.config import AuthSettings
 from auth.service import create_auth
+from dockyard.core.errors import Unauthorized, error_response
+from dockyard.core.oci import customer_of
 from launcher.config import LauncherSettings
 from launcher.service import Launcher
 from registry.app import make_registry, setup_registry
 from registry.authz import make_auth_middleware
 from registry.config import Config
-from registry.errors import Unauthorized, error_response
 from registry.events import NotificationSettings, RegistryEvent, RequestRecord, open_events
 from registry.events.admin import add_admin_routes
 from registry.gc import InUseHook
 from registry.metrics import record_deployment_event, record_placement
-from registry.reference import customer_of
 from registry.service import Change, Registry
 from registry.usage import usage_report
 

@@ -1,43 +1,37 @@
-"""Domain errors of the launcher; the HTTP layer maps each to a status and a JSON body."""
+"""Domain errors of the launcher: the shared error types (dockyard.core.errors) and the few only
+the launcher raises. The HTTP layer answers each with its status and the one error body."""
 
 from __future__ import annotations
 
+from dockyard.core.errors import (
+    ApiError,
+    Conflict,
+    Denied,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+)
 
-class LauncherError(Exception):
-    status = 500
-    code = "INTERNAL"
+LauncherError = ApiError
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidRequest(LauncherError):
-    status = 400
-    code = "INVALID"
-
-
-class Unauthorized(LauncherError):
-    status = 401
-    code = "UNAUTHORIZED"
+__all__ = [
+    "Conflict",
+    "EngineError",
+    "Forbidden",
+    "InvalidRequest",
+    "LauncherError",
+    "NoCapacity",
+    "NotFound",
+    "TaskFailed",
+    "Unauthorized",
+]
 
 
-class Forbidden(LauncherError):
-    status = 403
+class Forbidden(Denied):
     code = "FORBIDDEN"
 
 
-class NotFound(LauncherError):
-    status = 404
-    code = "NOT_FOUND"
-
-
-class Conflict(LauncherError):
-    status = 409
-    code = "CONFLICT"
-
-
-class NoCapacity(LauncherError):
+class NoCapacity(ApiError):
     """No instance can take the task now. `never` means no instance type could ever hold it."""
 
     status = 409
@@ -48,14 +42,14 @@ class NoCapacity(LauncherError):
         self.never = never
 
 
-class EngineError(LauncherError):
+class EngineError(ApiError):
     """A Docker Engine refused or failed a call (pull, create, start, …)."""
 
     status = 502
     code = "ENGINE"
 
 
-class TaskFailed(LauncherError):
+class TaskFailed(ApiError):
     """A task of a deployment exited, turned unhealthy or missed its deadline."""
 
     code = "TASK_FAILED"

@@ -12,17 +12,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from dockyard.core.oci import is_repository_name
 from launcher.errors import InvalidRequest
 from launcher.expressions import compile_expression
 
 FAMILY_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 CONTAINER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-# spec: oci-distribution-spec.md "Pulling manifests" — the repository name grammar.
-REPOSITORY_RE = re.compile(
-    r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$"
-)
-DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$|^sha512:[a-f0-9]{128}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_CPU_UNITS = 1024 * 1024
 MAX_MEMORY_MIB = 1024 * 1024 * 16
@@ -301,9 +297,7 @@ def parse_service(body: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not SERVICE_NAME_RE.match(name):
         raise InvalidRequest(f"name must match {SERVICE_NAME_RE.pattern}")
     repository = body.get("repository")
-    if not isinstance(repository, str) or len(repository) > 255 or not REPOSITORY_RE.match(
-        repository
-    ):
+    if not isinstance(repository, str) or not is_repository_name(repository):
         raise InvalidRequest("repository must be a repository name such as acme/web")
     tags = body.get("tags", ["*"])
     if isinstance(tags, str):

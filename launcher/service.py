@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dockyard.core.oci import is_digest_valid
 from launcher.config import LauncherSettings
 from launcher.deployments import Deployments
 from launcher.engine import Engines
@@ -27,7 +28,6 @@ from launcher.errors import InvalidRequest, NotFound
 from launcher.events import pushes
 from launcher.instances import Instances
 from launcher.model import (
-    DIGEST_RE,
     parse_constraints,
     parse_deployment_configuration,
     parse_service,
@@ -161,7 +161,7 @@ class Launcher:
         Returns None when that image with that task definition is already current or on its
         way (the same digest pushed under a second tag, a registry re-delivering an event).
         """
-        if not DIGEST_RE.match(digest or ""):
+        if not is_digest_valid(digest or ""):
             raise InvalidRequest("digest must be sha256:<64 hex> or sha512:<128 hex>")
         family, revision = service["family"], service["revision"]
         try:

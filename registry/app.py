@@ -8,15 +8,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from .config import Config, quotas_of
-from .errors import (
+from dockyard.core.errors import (
     API_VERSION_HEADER,
+    ApiError,
+    InternalError,
     NameUnknown,
-    RegistryError,
     Unavailable,
     Unsupported,
     error_response,
 )
+
+from .config import Config, quotas_of
 from .handlers import blobs, discovery, manifests, uploads
 from .handlers.base import REGISTRY, REQUEST_ID
 from .metadata import MetadataStore
@@ -34,7 +36,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     request[REQUEST_ID] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     try:
         return await handler(request)
-    except RegistryError as err:
+    except ApiError as err:
         return error_response(err)
     except StorageError as err:
         STORAGE_ERRORS.inc()
@@ -50,7 +52,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(RegistryError("internal error; see the server log"))
+        return error_response(InternalError("internal error; see the server log"))
 
 
 async def _stamp(request: web.Request, response: web.StreamResponse) -> None:

@@ -28,9 +28,9 @@ from auth.config import AuthSettings
 from auth.scope import Resource, is_repository_name
 from auth.service import Auth
 from auth.tokens import Claims, TokenError, TokenExpired
+from dockyard.core.errors import API_VERSION_HEADER
 from registry.access import ACCESS
 
-API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 UploadOwner = Callable[[str, str], Awaitable[str | None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ManifestInvalid
-from .reference import parse_digest
+from dockyard.core.errors import ManifestInvalid
+from dockyard.core.oci import parse_digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -1,6 +1,6 @@
 """The registry's domain: blobs, uploads, manifests, tags and referrers of every customer.
 
-HTTP handlers are thin wrappers over this class; it raises RegistryError subclasses and never
+HTTP handlers are thin wrappers over this class; it raises ApiError subclasses and never
 formats a response. Access decisions that reveal content (customer-wide dedup, mounts, the
 blobs a manifest may reference) go through the caller's `Access`.
 """
@@ -16,9 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .access import Access
-from .config import GcSettings, RegistrySettings
-from .errors import (
+from dockyard.core.errors import (
     BlobUnknown,
     BlobUploadUnknown,
     Denied,
@@ -31,11 +29,14 @@ from .errors import (
     SizeInvalid,
     Unsupported,
 )
+from dockyard.core.oci import ALGORITHMS, check_tag, customer_of, digest_of, is_digest, parse_digest
+
+from .access import Access
+from .config import GcSettings, RegistrySettings
 from .manifests import ParsedManifest, parse_manifest
 from .metadata import CustomerMeta, ManifestRecord, MetadataStore, NewManifest, UploadRecord
 from .metadata.customer import QuotaExceeded
 from .metrics import DEDUP_BYTES, DEDUP_SKIPS
-from .reference import ALGORITHMS, check_tag, customer_of, digest_of, is_digest, parse_digest
 from .storage import BlobSource, BlobStore, UploadState
 
 

@@ -26,6 +26,8 @@ import aiosqlite
 import pytest
 from aiohttp import web
 
+from dockyard.core.envelope import ENVELOPE_MEDIA_TYPE
+from dockyard.core.signing import SIGNATURE_HEADER, verify
 from registry.events import (
     EventOutbox,
     NotificationSettings,
@@ -36,9 +38,7 @@ from registry.events import (
 )
 from registry.events.admin import add_admin_routes
 from registry.events.cli import register
-from registry.events.envelope import ENVELOPE_MEDIA_TYPE
 from registry.events.schema import MIGRATIONS
-from registry.events.signing import SIGNATURE_HEADER, verify
 
 SECRET = "whsec_test_0123456789"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from dockyard.core.envelope import ENVELOPE_MEDIA_TYPE, cloudevent
+from dockyard.core.signing import compute, sign, verify
 from registry.events import (
     ConfigError,
     EndpointConfig,
@@ -23,8 +25,7 @@ from registry.events import (
 )
 from registry.events.config import parse_duration
 from registry.events.dispatcher import backoff_delay, render
-from registry.events.envelope import ENVELOPE_MEDIA_TYPE, build_event, cloudevent
-from registry.events.signing import compute, sign, verify
+from registry.events.envelope import build_event
 from registry.events.since import parse_since
 
 DIGEST = "sha256:" + "ab" * 32

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from dockyard.core.envelope import ENVELOPE_MEDIA_TYPE
+from dockyard.core.signing import sign
 from launcher.app import LAUNCHER_KEY, make_app
 from launcher.cli import main_with, register
 from launcher.config import LauncherSettings
-from launcher.events import ENVELOPE_MEDIA_TYPE, dockyard_signature
 
 TOKEN = "test-token"
 SECRET = "shared-secret"
@@ -126,8 +127,8 @@ async def test_events_endpoint_authentication(client, aiohttp_client, tmp_path):
     await post_events(client, envelope(), {"Authorization": f"Bearer {SECRET}"})
     body = envelope()
     raw = json.dumps(body).encode()
-    await post_events(client, body, {"Dockyard-Signature": dockyard_signature("hmac-key", raw)})
-    await post_events(client, body, {"Dockyard-Signature": dockyard_signature("other", raw)},
+    await post_events(client, body, {"Dockyard-Signature": sign(["hmac-key"], raw)})
+    await post_events(client, body, {"Dockyard-Signature": sign(["other"], raw)},
                       status=401)
     resp = await client.post("/launcher/v1/events", data=b"{nope",
                              headers={"Authorization": f"Bearer {SECRET}"})

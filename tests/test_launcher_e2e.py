@@ -31,8 +31,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from dockyard.core.envelope import ENVELOPE_MEDIA_TYPE
 from launcher.config import LauncherSettings
-from launcher.events import ENVELOPE_MEDIA_TYPE
 from launcher.service import Launcher
 from tests.support.engines import (
     EngineProcess,

@@ -9,15 +9,11 @@ import time
 
 import pytest
 
+from dockyard.core.oci import MANIFEST_TYPES
+from dockyard.core.signing import github_signature, sign
 from launcher.config import InstanceType, LauncherSettings
 from launcher.errors import InvalidRequest, NoCapacity
-from launcher.events import (
-    MANIFEST_MEDIA_TYPES,
-    authorized,
-    dockyard_signature,
-    github_signature,
-    pushes,
-)
+from launcher.events import authorized, pushes
 from launcher.expressions import compile_expression
 from launcher.model import (
     Resources,
@@ -339,7 +335,7 @@ def test_pushes_keeps_tagged_manifest_pushes_only():
         ("acme/web", "v1", DIGEST, "other:1"),  # no url: the request's host
     ]
     assert pushes({"nope": 1}) == [] and pushes([]) == []
-    assert "application/vnd.oci.image.index.v1+json" in MANIFEST_MEDIA_TYPES
+    assert "application/vnd.oci.image.index.v1+json" in MANIFEST_TYPES
 
 
 def test_inbound_authentication():
@@ -350,7 +346,7 @@ def test_inbound_authentication():
     assert not authorized({"Authorization": "Basic s3"}, body, "s3", None)
     assert not authorized({}, body, None, None)
     now = time.time()
-    good = dockyard_signature("k", body, int(now))
+    good = sign(["k"], body, timestamp=int(now))
     assert authorized({"Dockyard-Signature": good}, body, None, "k", now=now)
     assert not authorized({"Dockyard-Signature": good}, body + b" ", None, "k", now=now)
     assert not authorized({"Dockyard-Signature": good}, body, None, "k", now=now + 600)

@@ -8,7 +8,8 @@ from typing import Any
 from conformance import expect, fixtures
 from conformance.client import Response
 from conformance.context import Context
-from conformance.suite import NotSupported, check
+from conformance.outcomes import NotSupported
+from conformance.suite import check
 
 TAGS = "Content Discovery › Listing Tags (end-8a)"
 TAGS_N = "Content Discovery › Listing Tags (n, last, Link; end-8b)"

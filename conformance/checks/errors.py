@@ -5,7 +5,8 @@ from __future__ import annotations
 from conformance import expect, fixtures
 from conformance.context import Context
 from conformance.fixtures import Manifest
-from conformance.suite import CheckFailed, check
+from conformance.outcomes import CheckFailed
+from conformance.suite import check
 
 OCTET = {"Content-Type": "application/octet-stream"}
 MANIFESTS = "Push › Pushing Manifests (end-7a)"

@@ -8,7 +8,8 @@ from __future__ import annotations
 from conformance import expect, fixtures
 from conformance.client import Response
 from conformance.context import Context
-from conformance.suite import NotSupported, check
+from conformance.outcomes import NotSupported
+from conformance.suite import check
 
 TAGS = "Content Management › Deleting tags (end-9)"
 MANIFESTS = "Content Management › Deleting Manifests (end-9)"

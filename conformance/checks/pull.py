@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from conformance import expect, fixtures
 from conformance.context import Context
-from conformance.suite import NotSupported, check
+from conformance.outcomes import NotSupported
+from conformance.suite import check
 
 PULL_MANIFESTS = "Pull › Pulling manifests (end-3)"
 PULL_BLOBS = "Pull › Pulling blobs (end-2)"

@@ -8,7 +8,8 @@ from conformance import expect, fixtures
 from conformance.client import Response
 from conformance.context import Context
 from conformance.fixtures import Blob, Manifest
-from conformance.suite import NotSupported, check
+from conformance.outcomes import NotSupported
+from conformance.suite import check
 
 POST_PUT = "Push › Pushing a blob monolithically › POST then PUT (end-4a, end-6)"
 SINGLE_POST = "Push › Pushing a blob monolithically › Single POST (end-4b)"

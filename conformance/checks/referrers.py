@@ -12,7 +12,8 @@ from conformance import expect, fixtures
 from conformance.client import Response
 from conformance.context import Context
 from conformance.fixtures import Manifest
-from conformance.suite import NotSupported, check
+from conformance.outcomes import NotSupported
+from conformance.suite import check
 
 LISTING = "Content Discovery › Listing Referrers (end-12a)"
 FILTER = "Content Discovery › Listing Referrers (artifactType filter, end-12b)"

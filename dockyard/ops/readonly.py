@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from registry.errors import Unsupported, error_response
+from dockyard.core.errors import Unsupported, error_response
 from registry.metrics import READ_ONLY
 
 log = logging.getLogger("dockyard.ops")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dockyard.core.envelope import EnvelopeError, parse_envelope
 from registry.events.config import ConfigError, EndpointConfig, NotificationSettings
-from registry.events.envelope import EnvelopeError, parse_envelope
 from registry.events.model import RegistryEvent, RequestRecord
 from registry.events.outbox import EventOutbox
 

@@ -29,20 +29,20 @@ import aiohttp
 import aiosqlite
 from multidict import CIMultiDict
 
-from registry.events.config import EndpointConfig
-from registry.events.envelope import (
+from dockyard.core.envelope import (
     CLOUDEVENTS_MEDIA_TYPE,
     ENVELOPE_MEDIA_TYPE,
     cloudevent,
     encode,
     envelope,
 )
-from registry.events.signing import (
+from dockyard.core.signing import (
     GITHUB_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
     github_signature,
     sign,
 )
+from registry.events.config import EndpointConfig
 
 if TYPE_CHECKING:
     from registry.events.outbox import EventOutbox

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
+from dockyard.core.envelope import rfc3339
 from registry.events.config import EndpointConfig, NotificationSettings
-from registry.events.envelope import build_event, rfc3339
+from registry.events.envelope import build_event
 from registry.events.model import RegistryEvent
 from registry.events.schema import connect
 

@@ -8,10 +8,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from dockyard.core.errors import RangeNotSatisfiable
+from dockyard.core.oci import check_name
+
 from ..access import ACCESS
-from ..errors import RangeNotSatisfiable
 from ..metrics import BYTES_RECEIVED, UPLOADS_IN_FLIGHT
-from ..reference import check_name
 from ..service import Origin, Registry
 
 REGISTRY = web.AppKey("registry", Registry)

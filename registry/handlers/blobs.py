@@ -6,8 +6,9 @@ import re
 
 from aiohttp import web
 
+from dockyard.core.errors import SizeInvalid
+
 from ..access import access_of
-from ..errors import SizeInvalid
 from ..metrics import BYTES_SENT
 from ..storage import LocalFile, Redirect, Stream
 from .base import registry_of, repo_name

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from dockyard.core.errors import ManifestInvalid, ManifestUnknown
+
 from ..access import access_of
-from ..errors import ManifestInvalid, ManifestUnknown
 from ..manifests import OCI_MANIFEST
 from .base import origin, registry_of, repo_name
 

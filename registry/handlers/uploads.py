@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from dockyard.core.errors import DigestInvalid
+from dockyard.core.oci import check_name, parse_digest
+
 from ..access import access_of
-from ..errors import DigestInvalid
 from ..metadata import UploadRecord
-from ..reference import check_name, parse_digest
 from ..service import BlobInfo, upload_location, upload_range
 from .base import body_blocks, content_range, has_body, registry_of, repo_name
 
