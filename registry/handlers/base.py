@@ -13,7 +13,8 @@ from dockyard.core.oci import check_name
 
 from ..access import ACCESS
 from ..metrics import BYTES_RECEIVED, UPLOADS_IN_FLIGHT
-from ..service import Origin, Registry
+from ..origin import Origin
+from ..service import Registry
 
 REGISTRY = web.AppKey("registry", Registry)
 REQUEST_ID = web.RequestKey("request_id", str)

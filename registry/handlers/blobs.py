@@ -9,7 +9,7 @@ from aiohttp import web
 from dockyard.core.errors import SizeInvalid
 
 from ..access import access_of
-from ..metrics import BYTES_SENT
+from ..metrics import BYTES_SENT, record_dedup
 from ..storage import LocalFile, Redirect, Stream
 from .base import registry_of, repo_name
 
@@ -54,10 +54,11 @@ def _headers(digest: str) -> dict[str, str]:
 
 async def head_blob(request: web.Request) -> web.StreamResponse:
     name = repo_name(request)
-    info = await registry_of(request).stat_blob(
+    info = await registry_of(request).blobs.stat(
         name, request.match_info["digest"], access_of(request)
     )
-    info.count_dedup(name)
+    if info.deduplicated_for(name):
+        record_dedup(info.size)
     headers = _headers(info.digest)
     headers["Content-Length"] = str(info.size)
     headers["Content-Type"] = "application/octet-stream"
@@ -67,10 +68,10 @@ async def head_blob(request: web.Request) -> web.StreamResponse:
 async def get_blob(request: web.Request) -> web.StreamResponse:
     name = repo_name(request)
     registry = registry_of(request)
-    info = await registry.stat_blob(name, request.match_info["digest"], access_of(request))
+    info = await registry.blobs.stat(name, request.match_info["digest"], access_of(request))
     wanted = parse_range(request.headers.get("Range"), info.size)
     start, end = wanted if wanted else (0, info.size - 1)
-    source = await registry.open_blob(info, start, end)
+    source = await registry.blobs.open(info, start, end)
     headers = _headers(info.digest)
     BYTES_SENT.inc(end - start + 1 if info.size else 0)
     if isinstance(source, LocalFile):
@@ -95,5 +96,5 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
 async def delete_blob(request: web.Request) -> web.StreamResponse:
     name = repo_name(request)
     digest = request.match_info["digest"]
-    await registry_of(request).delete_blob(name, digest)
+    await registry_of(request).blobs.delete(name, digest, access_of(request))
     return web.Response(status=202, headers={"Docker-Content-Digest": digest})
