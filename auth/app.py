@@ -13,12 +13,13 @@ from aiohttp import web
 from auth.challenge import JWKS_PATH, TOKEN_PATH
 from auth.config import AuthSettings
 from auth.service import Auth, create_auth
+from dockyard.core.http import client_gone_middleware
 
 AUTH_KEY = web.AppKey("dockyard_auth", Auth)
 
 
 def make_token_app(settings: AuthSettings, default_customer: str = "library") -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[client_gone_middleware])
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         auth = await create_auth(settings, default_customer)

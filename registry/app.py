@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from dockyard.core.errors import (
     API_VERSION_HEADER,
@@ -52,7 +53,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405:
             return error_response(Unsupported(f"{request.method} is not supported here"))
         return error_response(NameUnknown("no such endpoint or repository"))
-    except (ConnectionResetError, web.HTTPClientError):
+    except (ConnectionResetError, RequestPayloadError, web.HTTPClientError):
+        # A client that went away or sent a broken body: answered by
+        # dockyard.core.http.client_gone_middleware, without a traceback.
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

@@ -8,6 +8,7 @@ oci-distribution-spec.md "Pushing Manifests" and "Listing Referrers".
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,7 @@ def _descriptor(obj: Any, where: str) -> Descriptor:
     if not isinstance(digest, str):
         raise ManifestInvalid(f"{where} has no digest")
     parse_digest(digest)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_INT64:
         raise ManifestInvalid(f"{where} has an invalid size")
     if media_type is not None and not isinstance(media_type, str):
         raise ManifestInvalid(f"{where} has an invalid mediaType")
@@ -78,16 +79,61 @@ def _annotations(obj: dict[str, Any]) -> dict[str, str] | None:
     return ann
 
 
+MAX_INT64 = (1 << 63) - 1
+
+
+class _NotStandardJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotStandardJson(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotStandardJson(f"number {text[:40]} does not fit a 64-bit float")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _NotStandardJson(f"duplicate key {dup[:80]!r}")
+    return obj
+
+
+def strict_json(payload: bytes) -> Any:
+    """Parse a manifest as strict parsers (Go's encoding/json, containerd) would: UTF-8 only,
+    no NaN/Infinity, no number that overflows a float, no duplicate keys (RFC 8259 §4: names
+    SHOULD be unique; two readers may otherwise see two different manifests behind one digest),
+    and no nesting deep enough to exhaust the parser (RecursionError)."""
+    try:
+        text = payload.decode("utf-8")
+        return json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
+    except RecursionError:
+        raise ManifestInvalid("manifest is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        # _NotStandardJson, JSONDecodeError, UnicodeDecodeError, and int() refusing a number
+        # of more than 4,300 digits are all ValueErrors.
+        raise ManifestInvalid(f"manifest is not valid JSON: {str(exc)[:200]}") from None
+
+
 def parse_manifest(payload: bytes, content_type: str) -> ParsedManifest:
     """Validate a pushed manifest and list its references.
 
     The media type is the manifest's `mediaType` field, else the request's Content-Type; when
     both are present they must agree (oci-distribution-spec.md "Pushing Manifests").
     """
-    try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
+    doc = strict_json(payload)
     if not isinstance(doc, dict):
         raise ManifestInvalid("manifest is not a JSON object")
     declared = doc.get("mediaType")

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dockyard.core.http import client_gone_middleware
 from dockyard.core.sql import Database
 from registry.config import Config
 from registry.gc import GarbageCollector
@@ -105,6 +106,8 @@ def setup_ops(
     app[READINESS] = readiness
     app[IN_FLIGHT] = in_flight
     app.middlewares.insert(0, in_flight.middleware())
+    # Outermost: a client disconnecting mid-body ends its request without an ERROR traceback.
+    app.middlewares.insert(0, client_gone_middleware)
     app.middlewares.append(read_only_middleware(mode))
     registry.manifests.listeners.append(change_logger())
 
