@@ -205,14 +205,9 @@ async def build_app(config: Config) -> web.Application:
     admin_token = config.section("admin").get("token")
     app.middlewares.append(admin_guard(admin_token, settings.enabled))
     if settings.enabled:
-        auth = await create_auth(settings, config.registry.default_customer)
+        auth = await create_auth(settings, config.registry.default_customer, db)
         auth.add_routes(app)
         app.middlewares.append(make_auth_middleware(auth, settings, registry.uploads.owner))
-
-        async def close_auth(_: web.Application) -> None:
-            await auth.close()
-
-        app.on_cleanup.append(close_auth)
     setup_events(app, config, registry, db)
     setup_launcher(app, config)
     add_usage_routes(app, registry)

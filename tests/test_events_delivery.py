@@ -28,7 +28,7 @@ from aiohttp import web
 
 from dockyard.core.envelope import ENVELOPE_MEDIA_TYPE
 from dockyard.core.signing import SIGNATURE_HEADER, verify
-from dockyard.core.sql import SchemaTooNew
+from dockyard.core.sql import SchemaTooNew, open_database
 from registry.events import (
     EventOutbox,
     NotificationSettings,
@@ -651,7 +651,10 @@ def test_cli_list_show_replay(tmp_path: Path) -> None:
 
     ids = asyncio.run(seed())
     parser = argparse.ArgumentParser(prog="dockyard")
-    register(parser.add_subparsers(dest="command"), lambda a: (Path(a.data), settings))
+    register(
+        parser.add_subparsers(dest="command"),
+        lambda a: (lambda: open_database(None, Path(a.data)), settings),
+    )
 
     def run(*argv: str) -> tuple[int, str, str]:
         args = parser.parse_args([*argv, "--data", str(tmp_path)])
@@ -682,7 +685,11 @@ def test_cli_list_show_replay(tmp_path: Path) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", type=Path)
     other = argparse.ArgumentParser(prog="dockyard")
-    register(other.add_subparsers(dest="command"), lambda a: (a.data, settings), parents=[common])
+    register(
+        other.add_subparsers(dest="command"),
+        lambda a: (lambda: open_database(None, a.data), settings),
+        parents=[common],
+    )
     args = other.parse_args(["events", "list", "--json", "--data", str(tmp_path)])
     out_buf = io.StringIO()
     with contextlib.redirect_stdout(out_buf):

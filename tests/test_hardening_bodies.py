@@ -24,6 +24,7 @@ from auth.service import create_auth
 from dockyard.app import build_app
 from dockyard.core.errors import PayloadTooLarge
 from dockyard.core.http import client_gone_middleware, read_body
+from dockyard.core.sql import open_database
 from launcher.app import make_app as make_launcher_app
 from launcher.config import LauncherSettings
 from registry.config import load_config
@@ -44,13 +45,14 @@ async def chunked(total: int, block: int = 64 * 1024, prefix: bytes = b"") -> As
 
 @pytest.fixture
 async def token_client(aiohttp_client, tmp_path: Path) -> AsyncIterator[TestClient]:
-    auth = await create_auth(AuthSettings.from_dict({"enabled": True}, tmp_path), "library")
+    db = await open_database(None, tmp_path)
+    auth = await create_auth(AuthSettings.from_dict({"enabled": True}, tmp_path), "library", db)
     app = web.Application(middlewares=[client_gone_middleware])
     auth.add_routes(app)
     try:
         yield await aiohttp_client(app)
     finally:
-        await auth.close()
+        await db.close()
 
 
 async def test_chunked_token_form_over_limit_is_413(token_client: TestClient) -> None:
