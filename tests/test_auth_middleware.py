@@ -6,7 +6,6 @@ continuation."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,10 +21,9 @@ from auth.keys import load_signing_key
 from auth.scope import Resource
 from auth.service import Auth, create_auth
 from auth.tokens import TokenIssuer
-from dockyard.core.sql import open_database
 from registry.access import ACCESS
 from registry.authz import make_auth_middleware
-from tests.test_auth_endpoint import PASSWORDS, basic, seeded  # noqa: F401 - fixture
+from tests.test_auth_endpoint import PASSWORDS, Seed, basic, seeded  # noqa: F401 - fixture
 from tests.test_auth_tokens import claims_for, forged_tokens, sign
 
 REPOSITORIES = ["acme/web", "acme/other", "acme/public", "globex/app", "globex/secret"]
@@ -127,14 +125,12 @@ def challenge_of(headers: dict[str, str]) -> tuple[str, str, str | None, str | N
 
 @pytest.fixture
 async def env(
-    seeded: tuple[Path, str],  # noqa: F811
+    seeded: Seed,  # noqa: F811
     tmp_path: Path,
     aiohttp_client: Any,
 ) -> AsyncIterator[Env]:
-    data = tmp_path / "data"
-    shutil.copytree(seeded[0], data)
+    data, db = await seeded.open(tmp_path)
     settings = AuthSettings.from_dict({"enabled": True}, data)
-    db = await open_database(None, data)
     auth = await create_auth(settings, "library", db)
     stand_in = StandIn()
     app = web.Application()
@@ -154,7 +150,7 @@ async def env(
     app.router.add_head(name + "/blobs/{digest}", stand_in.blob)
     client = await aiohttp_client(app)
     try:
-        yield Env(auth, client, stand_in, seeded[1])
+        yield Env(auth, client, stand_in, seeded.robot_secret)
     finally:
         await db.close()
 
