@@ -28,7 +28,7 @@ from aiohttp import web
 
 from dockyard.core.envelope import ENVELOPE_MEDIA_TYPE
 from dockyard.core.signing import SIGNATURE_HEADER, verify
-from dockyard.core.sql import SchemaTooNew, open_database
+from dockyard.core.sql import Database, SchemaTooNew, open_database
 from registry.events import (
     EventOutbox,
     NotificationSettings,
@@ -193,24 +193,35 @@ async def receiver() -> AsyncIterator[Receiver]:
     await rec.stop()
 
 
-@pytest.fixture
-async def outboxes(tmp_path: Path) -> AsyncIterator[OutboxFactory]:
-    opened: list[EventOutbox] = []
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def outboxes(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[OutboxFactory]:
+    """Outboxes on either backend; two opened on one data dir share one store (one PostgreSQL
+    database per data dir), as two processes of one node would."""
+    opened: list[tuple[EventOutbox, Database]] = []
+    urls: dict[Path, str] = {}
 
     async def factory(
         settings: NotificationSettings, *, data_dir: Path | None = None, start: bool = True
     ) -> EventOutbox:
+        data = data_dir or tmp_path
+        url = None
+        if request.param == "postgresql":
+            if data not in urls:
+                urls[data] = request.getfixturevalue("postgres").new_database()
+            url = urls[data]
+        db = await open_database(url, data)
         outbox = await open_events(
-            data_dir or tmp_path, settings, source_addr="reg.test:5000", instance_id="test-1"
+            db, settings, source_addr="reg.test:5000", instance_id="test-1"
         )
-        opened.append(outbox)
+        opened.append((outbox, db))
         if start:
             await outbox.start()
         return outbox
 
     yield factory
-    for outbox in opened:
+    for outbox, db in opened:
         await outbox.close()
+        await db.close()
 
 
 async def wait_status(outbox: EventOutbox, event_id: str, status: str) -> dict[str, Any]:
