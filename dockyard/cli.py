@@ -26,7 +26,7 @@ from .logs import ACCESS_LOGGER, AccessLogger, setup_logging
 from .ops.schema import apply_env
 from .ops.serve import run_server
 from .ops.tls import server_ssl_context
-from .state import open_state
+from .state import describe_state, open_state
 
 log = logging.getLogger("dockyard")
 StateOpener = Callable[[], Awaitable[Database]]
@@ -94,14 +94,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     scheme = "https" if ssl_context else "http"
     log.info(
-        "serving on %s://%s:%d (data %s, %d worker%s)",
+        "serving on %s://%s:%d (data %s, metadata %s, %d worker%s)",
         scheme,
         host,
         port,
         config.data_dir,
+        describe_state(config),
         workers,
         "" if workers == 1 else "s",
-        extra={"event": "listening", "url": f"{scheme}://{host}:{port}", "workers": workers},
+        extra={
+            "event": "listening",
+            "url": f"{scheme}://{host}:{port}",
+            "workers": workers,
+            "metadata": describe_state(config),
+        },
     )
 
     def serve(primary: bool) -> None:

@@ -3,7 +3,7 @@ it (SQLite file `DATA/metadata.db` by default, or PostgreSQL)."""
 
 from __future__ import annotations
 
-from dockyard.core.sql import Database, open_database
+from dockyard.core.sql import Database, describe_url, open_database
 from registry.config import Config
 
 
@@ -17,3 +17,11 @@ async def open_state(config: Config) -> Database:
         statement_timeout=m.statement_timeout,
         sqlite_synchronous=m.sqlite_synchronous,
     )
+
+
+def describe_state(config: Config) -> str:
+    """Which backend a node uses, for its start-up line (no password)."""
+    url = config.metadata.url
+    if url:
+        return describe_url(url)
+    return f"sqlite {config.data_dir / 'metadata.db'}"

@@ -169,9 +169,10 @@ class ManifestService:
             for tag in tags or [None]
         ]
         linked = [*links, (digest, len(payload))]
+        quota = await self.quotas.of(tenant)
         try:
             async with self.meta.db.transaction() as tx:
-                await self.meta.links.check_quota(tx, tenant, await self.quotas.of(tenant), linked)
+                await self.meta.links.check_quota(tx, tenant, quota, linked)
                 repo = await self.meta.tenants.ensure_repo(tx, tenant, name)
                 await self.meta.links.link(tx, tenant, repo, linked)
                 await self.meta.manifests.put(tx, tenant, repo, new, tags)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Before dockyard is imported, here and in every server the tests start: a statement issued on
+# the database from inside one of its transactions raises instead of being logged.
+os.environ.setdefault("DOCKYARD_STRICT_TRANSACTIONS", "1")
+
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path

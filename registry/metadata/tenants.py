@@ -65,10 +65,13 @@ class Tenants:
         return int(row[0])
 
     async def ensure_repo(self, tx: Transaction, tenant: Tenant, name: str) -> int:
-        """Inside a write transaction: the id of `name`, creating the repository if needed."""
-        cached = await self.repo_id(tenant, name)
-        if cached is not None:
-            return cached
+        """Inside a write transaction: the id of `name`, creating the repository if needed.
+
+        Every read here goes through `tx`: a second connection taken while this one is held
+        would let a burst of transactions exhaust the pool waiting on each other."""
+        cached = self._repos.get(name)
+        if cached is not None and cached[1] == tenant.id:
+            return cached[0]
         await tx.execute(
             "INSERT INTO repositories (customer_id, name, created_at) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO NOTHING",
