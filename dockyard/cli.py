@@ -21,7 +21,7 @@ from registry.events import NotificationSettings
 from registry.events import cli as events_cli
 from registry.storage import StorageError
 
-from . import admin, checkconfig
+from . import admin, checkconfig, migrate
 from .logs import ACCESS_LOGGER, AccessLogger, setup_logging
 from .ops.schema import apply_env
 from .ops.serve import run_server
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.register(sub, _common, config_from)
     events_cli.register(sub, events_settings_for)
     launcher_cli.register(sub, launcher_settings_for)
+    migrate.register(sub, _common, config_from)
     checkconfig.register(sub)
     return parser
 
