@@ -25,7 +25,13 @@ from launcher.service import Launcher
 from registry.app import make_registry, setup_registry
 from registry.authz import make_auth_middleware
 from registry.config import Config
-from registry.events import NotificationSettings, RegistryEvent, RequestRecord, open_events
+from registry.events import (
+    EventOutbox,
+    NotificationSettings,
+    RegistryEvent,
+    RequestRecord,
+    open_events,
+)
 from registry.events.admin import add_admin_routes
 from registry.gc import GarbageCollector, InUseHook
 from registry.metrics import record_deployment_event, record_placement
@@ -37,7 +43,7 @@ from .state import open_state
 
 log = logging.getLogger("dockyard")
 
-OUTBOX = web.AppKey("outbox", object)
+OUTBOX = web.AppKey("outbox", EventOutbox)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -12,6 +12,7 @@ import difflib
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ def _owner_problems(config: Config) -> list[str]:
     from registry.events import NotificationSettings
 
     problems = []
-    parsers = {
+    parsers: dict[str, Callable[[dict[str, Any]], object]] = {
         "auth": lambda t: AuthSettings.from_dict(t, config.data_dir),
         "notifications": NotificationSettings.from_dict,
         "launcher": lambda t: LauncherSettings.from_dict(t, config.data_dir),
@@ -142,7 +143,7 @@ def _owner_problems(config: Config) -> list[str]:
         if name not in config.raw:
             continue
         try:
-            parse(config.section(name))
+            parse(dict(config.section(name) or {}))
         except Exception as exc:  # each part raises its own error type; all mean "invalid"
             message = str(exc)
             problems.append(message if name in message else f"[{name}] {message}")

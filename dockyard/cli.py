@@ -164,10 +164,10 @@ def supervise(workers: int, serve: Callable[[bool], None]) -> int:
             pid, raw = os.wait()
         except ChildProcessError:
             break
-        index = children.pop(pid, None)
+        exited: int | None = children.pop(pid) if pid in children else None
         code = os.waitstatus_to_exitcode(raw)
         if code != 0:
-            log.error("worker %s exited with %d; stopping the others", index, code)
+            log.error("worker %s exited with %d; stopping the others", exited, code)
             status = status or 1
             forward(signal.SIGTERM, None)
     return status

@@ -250,9 +250,9 @@ class Migration:
                 cols = ", ".join(f'"{c}"' for c in table.columns)
                 target_rows, target_sum = 0, 0
                 # Streamed in key ranges would be kinder to huge tables; metadata rows are small.
-                for row in await self.target.fetchall(f'SELECT {cols} FROM "{table.name}"'):
+                for record in await self.target.fetchall(f'SELECT {cols} FROM "{table.name}"'):
                     target_rows += 1
-                    target_sum = _fold(target_sum, row_digest(tuple(row)))
+                    target_sum = _fold(target_sum, row_digest(tuple(record)))
                 checks.append(
                     TableCheck(table.name, source_rows, target_rows, source_sum, target_sum)
                 )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 from auth.accounts import Accounts
 from auth.challenge import bearer_challenge
@@ -44,7 +45,7 @@ _NAMED_PATHS = [
     re.compile(r"/v2/(?P<name>.+)/referrers/[^/]+"),
 ]
 _UPLOAD_SUFFIX = re.compile(r"/blobs/uploads/(?P<upload>[^/]*)")
-_PULL = ("pull",)
+_PULL: tuple[str, ...] = ("pull",)
 _PUSH = ("pull", "push")
 
 
@@ -140,7 +141,7 @@ def _split_name(request: web.Request) -> tuple[str | None, str]:
 
 def make_auth_middleware(
     auth: Auth, settings: AuthSettings, upload_owner: UploadOwner
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     accounts = auth.accounts
     verifier = auth.verifier
 

@@ -166,7 +166,7 @@ class ManifestService:
         )
         changes = [
             Change("push", tenant.name, name, digest, parsed.media_type, len(payload), tag, origin)
-            for tag in tags or [None]
+            for tag in ([*tags] if tags else [None])
         ]
         linked = [*links, (digest, len(payload))]
         quota = await self.quotas.of(tenant)

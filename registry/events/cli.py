@@ -199,7 +199,7 @@ def _target(row: dict[str, Any]) -> str:
     return f"{row['repository']}@{row['digest'][:19]}"
 
 
-def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+def _print_table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))

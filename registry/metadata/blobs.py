@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from dockyard.core.sql import Database, Transaction
 
@@ -34,7 +35,9 @@ class BlobLinks:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def in_repo(self, tenant: Tenant, repo_id: int, digest: str) -> Link | bool | None:
+    async def in_repo(
+        self, tenant: Tenant, repo_id: int, digest: str
+    ) -> Link | Literal[False] | None:
         """The live link of `digest` in the repository; False for a tombstone (deleted from
         this repository explicitly); None when it was never linked."""
         row = await self.db.fetchone(

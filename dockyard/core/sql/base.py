@@ -7,7 +7,7 @@ import contextvars
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -45,6 +45,8 @@ class Row(Protocol):
     def __getitem__(self, key: int | str) -> Any: ...
 
     def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
     def keys(self) -> Iterable[str]: ...
 
