@@ -6,9 +6,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
-import socket
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -38,6 +35,7 @@ from registry.metrics import record_deployment_event, record_placement
 from registry.service import Registry
 from registry.usage import usage_report
 
+from .cluster import Node
 from .ops import setup_ops
 from .state import open_state
 
@@ -103,18 +101,17 @@ def admin_guard(token: str | None, auth_enabled: bool) -> Callable:
 
 
 def setup_events(
-    app: web.Application, config: Config, registry: Registry, db: Database
+    app: web.Application, config: Config, registry: Registry, db: Database, node: Node
 ) -> None:
     settings = notification_settings(config)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
-        outbox = await open_events(
-            db, settings, source_addr=config.http.addr, instance_id=uuid.uuid4().hex
-        )
+        outbox = await open_events(db, settings, source_addr=config.http.addr, instance_id=node.id)
         registry.manifests.events = outbox
         add_admin_routes(app, outbox)
         app[OUTBOX] = outbox
-        await outbox.start()
+        if node.runs("dispatcher"):
+            await outbox.start()
         yield
         await outbox.close()
 
@@ -214,10 +211,15 @@ async def build_app(config: Config) -> web.Application:
         auth = await create_auth(settings, config.registry.default_customer, db)
         auth.add_routes(app)
         app.middlewares.append(make_auth_middleware(auth, settings, registry.uploads.owner))
-    setup_events(app, config, registry, db)
-    setup_launcher(app, config)
+    node = Node(db, config.cluster, config.http.public_url or f"http://{config.http.addr}")
+    app.cleanup_ctx.append(node.lifecycle())
+    setup_events(app, config, registry, db, node)
+    if node.runs("launcher"):
+        setup_launcher(app, config)
     add_usage_routes(app, registry)
-    leases = Leases(db, node_name(config))
+    if not node.runs("gc"):
+        config.gc.interval_seconds = 0  # `dockyard gc` still works on any node
+    leases = Leases(db, node.id)
     collector = GarbageCollector(
         registry.settings, registry.gc, registry.store, registry.meta, leases, gc_hooks(config)
     )
@@ -229,8 +231,3 @@ async def build_app(config: Config) -> web.Application:
     # /healthz, /readyz, /metrics, read-only mode, periodic GC (dockyard/ops).
     setup_ops(app, config, registry, db, collector, outbox=lambda: app.get(OUTBOX))
     return app
-
-
-def node_name(config: Config) -> str:
-    """Who holds a lease: this node and process."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

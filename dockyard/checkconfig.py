@@ -20,6 +20,7 @@ from typing import Any
 from registry.config import SECTIONS as TYPED_SECTIONS
 from registry.config import Config, ConfigError, load_config, parse_size
 
+from .cluster import roles_of
 from .logs import check_settings as check_log
 from .ops.schema import SCHEMA, TOP_LEVEL, Section, apply_env
 
@@ -67,7 +68,7 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         hint = eval(
             hint,
             {"__builtins__": {}},
-            {"str": str, "int": int, "float": float, "bool": bool, "None": None},
+            {"str": str, "int": int, "float": float, "bool": bool, "None": None, "list": list},
         )
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for option in options:
@@ -81,6 +82,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
             return True
         if option is str and isinstance(value, str):
             return True
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            return all(_type_ok(v, item) for v in value)
     return False
 
 
@@ -124,6 +128,12 @@ def _semantic_problems(config: Config) -> list[str]:
     if config.http.workers < 1:
         problems.append("http.workers: must be at least 1")
     problems += check_log(config.log)
+    try:
+        roles_of(config.cluster)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if config.cluster.heartbeat_seconds <= 0:
+        problems.append("cluster.heartbeat_seconds: must be positive")
     return problems
 
 

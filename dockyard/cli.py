@@ -21,7 +21,7 @@ from registry.events import NotificationSettings
 from registry.events import cli as events_cli
 from registry.storage import StorageError
 
-from . import admin, checkconfig, migrate
+from . import admin, checkconfig, cluster, migrate
 from .logs import ACCESS_LOGGER, AccessLogger, setup_logging
 from .ops.schema import apply_env
 from .ops.serve import run_server
@@ -63,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import build_app
 
     config = config_from(args)
+    cluster.roles_of(config.cluster)  # a typo in [cluster] roles stops here, not in a worker
     setup_logging(config.log)
     for key in config.raw.get("_unknown", []):
         log.warning("unknown configuration key %s (ignored; see dockyard check-config)", key)
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_cli.register(sub, events_settings_for)
     launcher_cli.register(sub, launcher_settings_for)
     migrate.register(sub, _common, config_from)
+    cluster.register(sub, _common, config_from)
     checkconfig.register(sub)
     return parser
 

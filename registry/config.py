@@ -86,6 +86,19 @@ class MetadataSettings:
     sqlite_synchronous: str = "full"
 
 
+CLUSTER_ROLES = ("api", "dispatcher", "gc", "launcher")
+
+
+@dataclass
+class ClusterSettings:
+    # How this node is named in `dockyard cluster status` and lease owners; default: host name.
+    node_name: str = ""
+    # What this node runs besides the API: webhook dispatcher, periodic GC, launcher.
+    roles: list[str] = field(default_factory=lambda: list(CLUSTER_ROLES))
+    # How often a node says it is alive; it counts as gone after three missed beats.
+    heartbeat_seconds: float = 5.0
+
+
 @dataclass
 class LogSettings:
     level: str = "info"  # debug, info, warning, error
@@ -98,6 +111,7 @@ SECTIONS: dict[str, type] = {
     "http": HttpSettings,
     "log": LogSettings,
     "metadata": MetadataSettings,
+    "cluster": ClusterSettings,
     "storage": StorageSettings,
     "registry": RegistrySettings,
 }
@@ -112,6 +126,7 @@ class Config:
     gc: GcSettings = field(default_factory=GcSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metadata: MetadataSettings = field(default_factory=MetadataSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     # Raw tables for the parts that parse their own settings.
     raw: dict[str, Any] = field(default_factory=dict)
 

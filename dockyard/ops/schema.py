@@ -56,7 +56,12 @@ def _typed(section: str, docs: dict[str, tuple[str, str]]) -> tuple[Key, ...]:
     for f in fields(cls):
         # An undocumented key still works; tests/test_ops_config.py fails until it is documented.
         kind, doc = docs.get(f.name, ("?", ""))
-        default = f.default if f.default is not MISSING else None
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = None
         out.append(Key(f.name, kind, doc, default))
     return tuple(out)
 
@@ -151,6 +156,23 @@ METADATA = {
     "sqlite_synchronous": (
         "string",
         "SQLite: `full` (a commit survives power loss) or `normal` (survives a process crash).",
+    ),
+}
+CLUSTER = {
+    "node_name": (
+        "string",
+        "This node's name in `dockyard cluster status` and as lease holder; default: the host "
+        "name.",
+    ),
+    "roles": (
+        "list",
+        "What this node runs: `api` (always), `dispatcher` (webhook deliveries), `gc` (periodic "
+        "GC under the cluster-wide lease), `launcher`. Env: comma-separated.",
+    ),
+    "heartbeat_seconds": (
+        "float",
+        "How often the node records that it is alive; three missed beats and it is listed "
+        "as gone.",
     ),
 }
 LOG = {
@@ -417,6 +439,12 @@ SCHEMA: dict[str, Section] = {
             "registry/config.py",
             "Where every part keeps its state: embedded SQLite (default) or PostgreSQL.",
             _typed("metadata", METADATA),
+        ),
+        Section(
+            "cluster",
+            "registry/config.py",
+            "Several nodes on one PostgreSQL database and one S3 store.",
+            _typed("cluster", CLUSTER),
         ),
         Section("log", "registry/config.py", "Logs (stderr).", _typed("log", LOG)),
         Section(
