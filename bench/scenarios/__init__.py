@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..core import Scenario
+from .customers import POSTGRES, Customers
 from .dedup import DockerDedup, SkopeoDedup
 from .launcher import PushToRunning
 from .load import BlobGet, Listing, SmallRequests
@@ -27,6 +28,7 @@ def all_scenarios(quick: bool, wanted: list[str] | None = None, pg: bool = False
         BigPushRss(),
         Listing(2_000, 200) if quick else Listing(),
         S3PushPull(),
+        Customers([POSTGRES] if pg else []),
     ]
 
 
