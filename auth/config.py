@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ALGORITHMS = ("ES256", "RS256")
@@ -31,11 +31,6 @@ class AuthSettings:
     upload_grace: int = 24 * 3600
     # Tolerated clock difference between token service and registry when checking exp/nbf.
     clock_skew: int = 5
-    accounts_db: pathlib.Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "accounts_db", self.auth_dir / "accounts.db")
-
     @property
     def auth_dir(self) -> pathlib.Path:
         return self.data_dir / "auth"

@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import hdrs, web
+from multidict import MultiDict
 
 from auth.accounts import Accounts
 from auth.config import AuthSettings
@@ -17,9 +19,12 @@ from auth.keys import VerificationKey, jwks_document
 from auth.scope import Resource, ScopeError, format_scopes, parse_scopes
 from auth.throttle import LoginThrottle
 from auth.tokens import TokenIssuer
+from dockyard.core.errors import PayloadTooLarge
+from dockyard.core.http import read_body
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-MAX_FORM_BYTES = 64 * 1024
+MAX_FORM_BYTES = 64 * 1024  # of bytes read, whatever Content-Length says (chunked too)
+MAX_FORM_FIELDS = 256
 
 
 class TokenEndpoint:
@@ -73,15 +78,21 @@ class TokenEndpoint:
     async def post_token(self, request: web.Request) -> web.Response:
         if request.content_type != "application/x-www-form-urlencoded":
             return _error(400, "invalid_request", "expected an x-www-form-urlencoded form")
-        if (request.content_length or 0) > MAX_FORM_BYTES:
-            return _error(400, "invalid_request", "form too large")
-        form = await request.post()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        try:
+            raw = await read_body(request, MAX_FORM_BYTES, what="form")
+        except PayloadTooLarge as exc:
+            response = _error(413, "invalid_request", exc.message)
+            response.force_close()  # the rest of the body is not read
+            return response
+        form = parse_form(raw)
+        if form is None:
+            return _error(400, "invalid_request", "the form is not UTF-8 x-www-form-urlencoded")
+        fields = dict(form.items())
         service = fields.get("service") or self._settings.service
         if service != self._settings.service:
             return _error(400, "invalid_request", f"unknown service {service[:100]!r}")
         try:
-            requested = parse_scopes(v for v in form.getall("scope", []) if isinstance(v, str))
+            requested = parse_scopes(form.getall("scope", []))
         except ScopeError as exc:
             return _error(400, "invalid_scope", str(exc))
         grant_type = fields.get("grant_type")
@@ -146,6 +157,22 @@ class TokenEndpoint:
         return web.json_response(body, headers=NO_STORE)
 
 
+def parse_form(raw: bytes) -> MultiDict[str] | None:
+    """An x-www-form-urlencoded body as a multidict (repeated `scope` fields are kept), or None
+    when it is not UTF-8 or has too many fields."""
+    try:
+        pairs = parse_qsl(
+            raw.decode("utf-8"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return MultiDict(pairs)
+
+
 def parse_basic(header: str) -> tuple[str, str] | None:
     """(login, password) from an `Authorization: Basic …` header (RFC 7617), or None."""
     scheme, _, encoded = header.partition(" ")
@@ -165,7 +192,9 @@ def _error(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     # Both shapes: OAuth2 clients read `error`, the docker client reads `errors` (errcode).
-    registry_code = {401: "UNAUTHORIZED", 429: "TOOMANYREQUESTS"}.get(status, "UNSUPPORTED")
+    registry_code = {401: "UNAUTHORIZED", 413: "SIZE_INVALID", 429: "TOOMANYREQUESTS"}.get(
+        status, "UNSUPPORTED"
+    )
     body = {
         "error": code,
         "error_description": message,

@@ -14,6 +14,7 @@ from auth.handlers import TokenEndpoint
 from auth.keys import VerificationKey, load_signing_key, load_verification_keys
 from auth.throttle import LoginThrottle
 from auth.tokens import TokenIssuer, TokenVerifier
+from dockyard.core.sql import Database
 
 
 @dataclass
@@ -31,15 +32,12 @@ class Auth:
         app.router.add_post(TOKEN_PATH, self.endpoint.post_token)
         app.router.add_get(JWKS_PATH, self.endpoint.jwks)
 
-    async def close(self) -> None:
-        await self.accounts.close()
 
-
-async def create_auth(settings: AuthSettings, default_customer: str) -> Auth:
+async def create_auth(settings: AuthSettings, default_customer: str, db: Database) -> Auth:
     # Key generation (RSA especially) and file reads stay off the event loop.
     signing = await asyncio.to_thread(load_signing_key, settings)
     keys = await asyncio.to_thread(load_verification_keys, settings, signing)
-    accounts = await Accounts.open(settings.accounts_db, default_customer)
+    accounts = await Accounts.open(db, default_customer)
     verifier = TokenVerifier(
         keys, issuer=settings.issuer, audience=settings.service, leeway=settings.clock_skew
     )

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,7 +17,9 @@ from aiohttp import web
 from auth.config import AuthSettings
 from auth.service import create_auth
 from dockyard.core.errors import Unauthorized, error_response
+from dockyard.core.leases import Leases
 from dockyard.core.oci import customer_of
+from dockyard.core.sql import Database
 from launcher.config import LauncherSettings
 from launcher.service import Launcher
 from registry.app import make_registry, setup_registry
@@ -23,12 +27,13 @@ from registry.authz import make_auth_middleware
 from registry.config import Config
 from registry.events import NotificationSettings, RegistryEvent, RequestRecord, open_events
 from registry.events.admin import add_admin_routes
-from registry.gc import InUseHook
+from registry.gc import GarbageCollector, InUseHook
 from registry.metrics import record_deployment_event, record_placement
-from registry.service import Change, Registry
+from registry.service import Registry
 from registry.usage import usage_report
 
 from .ops import setup_ops
+from .state import open_state
 
 log = logging.getLogger("dockyard")
 
@@ -77,22 +82,6 @@ def notification_settings(config: Config) -> NotificationSettings:
     return NotificationSettings.from_dict(config.section("notifications"))
 
 
-def to_event(change: Change, base_url: str) -> RegistryEvent:
-    o = change.origin
-    return RegistryEvent(
-        action=change.action,
-        customer=change.customer,
-        repository=change.repository,
-        digest=change.digest,
-        media_type=change.media_type,
-        size=change.size,
-        tag=change.tag,
-        url=f"{base_url}/v2/{change.repository}/manifests/{change.digest}",
-        request=RequestRecord(o.request_id, o.addr, o.host, o.method, o.useragent),
-        actor=o.subject,
-    )
-
-
 def admin_guard(token: str | None, auth_enabled: bool) -> Callable:
     """/admin/* needs the configured admin token once auth is on (or always, if one is set)."""
 
@@ -107,20 +96,16 @@ def admin_guard(token: str | None, auth_enabled: bool) -> Callable:
     return guard
 
 
-def setup_events(app: web.Application, config: Config, registry: Registry) -> None:
+def setup_events(
+    app: web.Application, config: Config, registry: Registry, db: Database
+) -> None:
     settings = notification_settings(config)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         outbox = await open_events(
-            config.data_dir, settings, source_addr=config.http.addr, instance_id=uuid.uuid4().hex
+            db, settings, source_addr=config.http.addr, instance_id=uuid.uuid4().hex
         )
-        base_url = f"http://{config.http.addr}"
-
-        async def publish(change: Change) -> None:
-            host = change.origin.host or config.http.addr
-            await outbox.publish(to_event(change, f"http://{host}" if host else base_url))
-
-        registry.listeners.append(publish)
+        registry.manifests.events = outbox
         add_admin_routes(app, outbox)
         app[OUTBOX] = outbox
         await outbox.start()
@@ -194,7 +179,7 @@ def add_usage_routes(app: web.Application, registry: Registry) -> None:
 
     async def usage(request: web.Request) -> web.StreamResponse:
         customer = request.match_info.get("customer")
-        rows = await usage_report(registry, customer)
+        rows = await usage_report(registry.meta, registry.quotas, customer)
         if customer is not None:
             if not rows:
                 raise web.HTTPNotFound(text=f"no customer {customer}")
@@ -207,24 +192,39 @@ def add_usage_routes(app: web.Application, registry: Registry) -> None:
 
 async def build_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    registry = make_registry(config)
+    db = await open_state(config)
+
+    async def close_state(_: web.Application) -> None:
+        await db.close()
+
+    app.on_cleanup.append(close_state)
+    registry = make_registry(config, db)
     setup_registry(app, registry)
 
     settings = auth_settings(config)
     admin_token = config.section("admin").get("token")
     app.middlewares.append(admin_guard(admin_token, settings.enabled))
     if settings.enabled:
-        auth = await create_auth(settings, config.registry.default_customer)
+        auth = await create_auth(settings, config.registry.default_customer, db)
         auth.add_routes(app)
-        app.middlewares.append(make_auth_middleware(auth, settings, registry.upload_owner))
-
-        async def close_auth(_: web.Application) -> None:
-            await auth.close()
-
-        app.on_cleanup.append(close_auth)
-    setup_events(app, config, registry)
+        app.middlewares.append(make_auth_middleware(auth, settings, registry.uploads.owner))
+    setup_events(app, config, registry, db)
     setup_launcher(app, config)
     add_usage_routes(app, registry)
+    leases = Leases(db, node_name(config))
+    collector = GarbageCollector(
+        registry.settings, registry.gc, registry.store, registry.meta, leases, gc_hooks(config)
+    )
+
+    async def open_leases(_: web.Application) -> None:
+        await leases.open()
+
+    app.on_startup.append(open_leases)
     # /healthz, /readyz, /metrics, read-only mode, periodic GC (dockyard/ops).
-    setup_ops(app, config, registry, outbox=lambda: app.get(OUTBOX), gc_hooks=gc_hooks(config))
+    setup_ops(app, config, registry, db, collector, outbox=lambda: app.get(OUTBOX))
     return app
+
+
+def node_name(config: Config) -> str:
+    """Who holds a lease: this node and process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

@@ -9,11 +9,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 from auth import cli as auth_cli
 from auth.config import AuthSettings
+from dockyard.core.sql import Database
 from launcher import cli as launcher_cli
 from launcher.config import LauncherSettings
 from registry.config import Config, ConfigError, load_config
@@ -26,8 +26,10 @@ from .logs import ACCESS_LOGGER, AccessLogger, setup_logging
 from .ops.schema import apply_env
 from .ops.serve import run_server
 from .ops.tls import server_ssl_context
+from .state import open_state
 
 log = logging.getLogger("dockyard")
+StateOpener = Callable[[], Awaitable[Database]]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -165,11 +167,10 @@ def supervise(workers: int, serve: Callable[[bool], None]) -> int:
     return status
 
 
-def auth_settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str]:
+def auth_settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str, StateOpener]:
     config = config_from(args)
-    return AuthSettings.from_dict(config.section("auth"), config.data_dir), (
-        config.registry.default_customer
-    )
+    settings = AuthSettings.from_dict(config.section("auth"), config.data_dir)
+    return settings, config.registry.default_customer, lambda: open_state(config)
 
 
 def launcher_settings_for(args: argparse.Namespace) -> LauncherSettings:
@@ -177,9 +178,10 @@ def launcher_settings_for(args: argparse.Namespace) -> LauncherSettings:
     return LauncherSettings.from_dict(config.section("launcher"), config.data_dir)
 
 
-def events_settings_for(args: argparse.Namespace) -> tuple[Path, NotificationSettings]:
+def events_settings_for(args: argparse.Namespace) -> tuple[StateOpener, NotificationSettings]:
     config = config_from(args)
-    return config.data_dir, NotificationSettings.from_dict(config.section("notifications"))
+    settings = NotificationSettings.from_dict(config.section("notifications"))
+    return lambda: open_state(config), settings
 
 
 def build_parser() -> argparse.ArgumentParser:

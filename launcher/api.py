@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from dockyard.core.http import read_body
 from launcher.errors import Forbidden, InvalidRequest, LauncherError, NotFound, Unauthorized
 from launcher.events import MAX_ENVELOPE_BYTES, authorized
 
@@ -59,12 +60,8 @@ def _public(item: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _body(request: web.Request, limit: int = MAX_BODY) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise InvalidRequest(f"body larger than {limit} bytes")
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise InvalidRequest(f"body larger than {limit} bytes")
-    return data
+    # Every byte that arrives counts (chunked bodies too), not only Content-Length: 413 beyond.
+    return await read_body(request, limit)
 
 
 async def _json_body(request: web.Request) -> Any:

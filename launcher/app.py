@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from dockyard.core.http import client_gone_middleware
 from launcher.config import LauncherSettings
 from launcher.service import DeploymentListener, Launcher
 
@@ -14,7 +15,7 @@ LAUNCHER_KEY = web.AppKey("dockyard.launcher", Launcher)
 
 def make_app(settings: LauncherSettings,
              on_deployment_event: DeploymentListener | None = None) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[client_gone_middleware])
     launcher = Launcher(settings, on_deployment_event)
     app[LAUNCHER_KEY] = launcher
 

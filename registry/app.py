@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from dockyard.core.errors import (
     API_VERSION_HEADER,
@@ -17,11 +18,12 @@ from dockyard.core.errors import (
     Unsupported,
     error_response,
 )
+from dockyard.core.sql import Database, DatabaseUnavailable
 
 from .config import Config, quotas_of
 from .handlers import blobs, discovery, manifests, uploads
 from .handlers.base import REGISTRY, REQUEST_ID
-from .metadata import MetadataStore
+from .metadata import Metadata
 from .metrics import STORAGE_ERRORS, metrics_middleware
 from .service import Registry
 from .storage import StorageError, make_store
@@ -42,13 +44,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         STORAGE_ERRORS.inc()
         log.warning("storage error on %s %s: %s", request.method, request.path, err)
         return error_response(Unavailable(f"storage unavailable: {err}"))
+    except DatabaseUnavailable as err:
+        log.warning("metadata unavailable on %s %s: %s", request.method, request.path, err)
+        return error_response(Unavailable("metadata database unavailable; retry later"))
     except web.HTTPException as exc:
         if not request.path.startswith("/v2/") or exc.status not in (404, 405):
             raise
         if exc.status == 405:
             return error_response(Unsupported(f"{request.method} is not supported here"))
         return error_response(NameUnknown("no such endpoint or repository"))
-    except (ConnectionResetError, web.HTTPClientError):
+    except (ConnectionResetError, RequestPayloadError, web.HTTPClientError):
+        # A client that went away or sent a broken body: answered by
+        # dockyard.core.http.client_gone_middleware, without a traceback.
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -87,14 +94,14 @@ def add_routes(app: web.Application) -> None:
     r.add_delete(name + "/blobs/{digest}", blobs.delete_blob)
 
 
-def make_registry(config: Config) -> Registry:
-    store = make_store(config.storage, config.data_dir)
-    return Registry(
+def make_registry(config: Config, db: Database) -> Registry:
+    return Registry.build(
         config.registry,
-        store,
-        MetadataStore(config.data_dir),
-        gc=config.gc,
+        config.gc,
+        make_store(config.storage, config.data_dir),
+        Metadata(db),
         quotas=quotas_of(config),
+        public_url=config.http.public_url,
     )
 
 
@@ -108,9 +115,9 @@ def setup_registry(app: web.Application, registry: Registry) -> None:
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await registry.store.start()
-        await registry.meta.start()
+        await registry.meta.open()
         yield
-        await registry.meta.close()
+        await registry.blobs.drain()
         await registry.store.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -16,6 +16,9 @@ from typing import Any
 @dataclass
 class HttpSettings:
     addr: str = "127.0.0.1:5000"
+    # The URL clients reach the registry at (behind a load balancer: its URL). It goes into
+    # webhook target URLs and the auth realm instead of the request's Host header.
+    public_url: str | None = None
     insecure: bool = False
     workers: int = 1
     shutdown_timeout: float = 30.0
@@ -54,6 +57,9 @@ class RegistrySettings:
     upload_expiry_seconds: int = 24 * 3600
     # Customer-wide layer dedup: a HEAD/mount in one repository finds blobs in the others.
     customer_dedup: bool = True
+    # Accept manifests whose layers, and indexes whose children, were not pushed (mirroring one
+    # platform of a multi-platform image); what is missing stays missing.
+    sparse_manifests: bool = False
     # Maintenance: reads are served, writes under /v2/ refused (SIGUSR1 toggles at runtime).
     read_only: bool = False
 
@@ -70,6 +76,17 @@ class GcSettings:
 
 
 @dataclass
+class MetadataSettings:
+    # postgresql://USER:PASSWORD@HOST:PORT/DB, or empty for the embedded SQLite in DATA.
+    url: str | None = None
+    pool_size: int = 10
+    connect_timeout: float = 5.0
+    statement_timeout: float = 30.0
+    # SQLite only: "full" (a commit survives power loss) or "normal" (survives a crash).
+    sqlite_synchronous: str = "full"
+
+
+@dataclass
 class LogSettings:
     level: str = "info"  # debug, info, warning, error
     format: str = "auto"  # json, text, or auto (text on a terminal, json otherwise)
@@ -80,6 +97,7 @@ SECTIONS: dict[str, type] = {
     "gc": GcSettings,
     "http": HttpSettings,
     "log": LogSettings,
+    "metadata": MetadataSettings,
     "storage": StorageSettings,
     "registry": RegistrySettings,
 }
@@ -93,6 +111,7 @@ class Config:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     gc: GcSettings = field(default_factory=GcSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    metadata: MetadataSettings = field(default_factory=MetadataSettings)
     # Raw tables for the parts that parse their own settings.
     raw: dict[str, Any] = field(default_factory=dict)
 

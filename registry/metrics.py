@@ -52,6 +52,14 @@ DEDUP_BYTES = Counter(
     "Bytes clients did not have to upload thanks to dedup",
     registry=REGISTRY,
 )
+
+
+def record_dedup(size: int) -> None:
+    """A client skipped `size` bytes because another repository of its customer holds them."""
+    DEDUP_SKIPS.inc()
+    DEDUP_BYTES.inc(size)
+
+
 STORAGE_ERRORS = Counter(
     "dockyard_storage_errors_total", "Requests failed by the storage backend", registry=REGISTRY
 )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.dockerd import DockerDaemon
+from tests.support.postgres import postgres  # noqa: F401 - session fixture: a private cluster
 from tests.support.seaweed import seaweed  # noqa: F401 - session fixture for S3 tests
 from tests.support.server import DockyardServer
 

@@ -20,6 +20,7 @@ from auth.accounts import Accounts
 from auth.config import AuthSettings
 from auth.service import Auth, create_auth
 from auth.tokens import Claims
+from dockyard.core.sql import open_database
 
 PASSWORDS = {"alice": "alice-pass", "rita": "rita-pass", "adam": "adam-pass", "gus": "gus-pass"}
 
@@ -49,11 +50,11 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     data = tmp_path_factory.mktemp("auth-seed")
 
     async def make() -> str:
-        accounts = await Accounts.open(data / "auth" / "accounts.db", "library")
+        db = await open_database(None, data)
         try:
-            return await seed(accounts)
+            return await seed(await Accounts.open(db, "library"))
         finally:
-            await accounts.close()
+            await db.close()
 
     return data, asyncio.run(make())
 
@@ -63,8 +64,9 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 class Env:
-    def __init__(self, auth: Auth, client: TestClient, robot_secret: str) -> None:
+    def __init__(self, auth: Auth, client: TestClient, robot_secret: str, data: Path) -> None:
         self.auth = auth
+        self.data = data
         self.client = client
         self.robot_secret = robot_secret
 
@@ -89,15 +91,17 @@ async def make_env(
 ) -> AsyncIterator[Env]:
     data = tmp_path / "data"
     shutil.copytree(seeded[0], data)
-    auth = await create_auth(AuthSettings.from_dict({"enabled": True, **settings}, data),
-                             "library")
+    db = await open_database(None, data)
+    auth = await create_auth(
+        AuthSettings.from_dict({"enabled": True, **settings}, data), "library", db
+    )
     app = web.Application()
     auth.add_routes(app)
     client = await aiohttp_client(app)
     try:
-        yield Env(auth, client, seeded[1])
+        yield Env(auth, client, seeded[1], data)
     finally:
-        await auth.close()
+        await db.close()
 
 
 @pytest.fixture
@@ -351,9 +355,8 @@ async def test_refresh_token_forged_or_for_other_service(env: Env) -> None:
 
 async def test_refresh_tokens_stored_hashed(env: Env) -> None:
     _, body = await env.token(user="alice", offline_token="true")
-    raw = (env.auth.settings.accounts_db).read_bytes()
-    wal = env.auth.settings.accounts_db.with_name("accounts.db-wal")
-    raw += wal.read_bytes() if wal.exists() else b""
+    raw = b"".join(p.read_bytes() for p in env.data.glob("metadata.db*"))
+    assert raw
     assert body["refresh_token"].encode() not in raw
     assert PASSWORDS["alice"].encode() not in raw
 

@@ -22,6 +22,7 @@ from auth.keys import load_signing_key
 from auth.scope import Resource
 from auth.service import Auth, create_auth
 from auth.tokens import TokenIssuer
+from dockyard.core.sql import open_database
 from registry.access import ACCESS
 from registry.authz import make_auth_middleware
 from tests.test_auth_endpoint import PASSWORDS, basic, seeded  # noqa: F401 - fixture
@@ -133,7 +134,8 @@ async def env(
     data = tmp_path / "data"
     shutil.copytree(seeded[0], data)
     settings = AuthSettings.from_dict({"enabled": True}, data)
-    auth = await create_auth(settings, "library")
+    db = await open_database(None, data)
+    auth = await create_auth(settings, "library", db)
     stand_in = StandIn()
     app = web.Application()
     app.middlewares.append(make_auth_middleware(auth, settings, stand_in.upload_owner))
@@ -154,7 +156,7 @@ async def env(
     try:
         yield Env(auth, client, stand_in, seeded[1])
     finally:
-        await auth.close()
+        await db.close()
 
 
 # -- challenges ----------------------------------------------------------------------------------

@@ -168,7 +168,6 @@ def test_settings_defaults(tmp_path: Path) -> None:
         False, "dockyard", "dockyard", 300, "ES256",
     )
     assert s.realm is None
-    assert s.accounts_db == tmp_path / "auth" / "accounts.db"
     assert s.private_key_path == tmp_path / "auth" / "signing-key.pem"
 
 

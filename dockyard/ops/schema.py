@@ -63,6 +63,11 @@ def _typed(section: str, docs: dict[str, tuple[str, str]]) -> tuple[Key, ...]:
 
 HTTP = {
     "addr": ("addr", "HOST:PORT to listen on. A non-loopback address needs [auth] or `insecure`."),
+    "public_url": (
+        "url",
+        "The URL clients reach the registry at (e.g. the load balancer's). Used in webhook "
+        "`target.url` and the auth realm; unset, the request's Host header is used.",
+    ),
     "insecure": (
         "bool",
         "Allow a non-loopback `addr` without authentication (a trusted network only).",
@@ -108,6 +113,11 @@ REGISTRY = {
         "A blob HEAD or mount finds layers in any repository of the same customer the caller "
         "may pull.",
     ),
+    "sparse_manifests": (
+        "bool",
+        "Accept image manifests whose layers, and indexes whose children, were never pushed "
+        "(mirroring one platform of an index); what is missing stays missing and unreadable.",
+    ),
     "read_only": (
         "bool",
         "Maintenance mode: pulls served, writes refused with 405 UNSUPPORTED. SIGUSR1 or "
@@ -127,6 +137,20 @@ GC = {
     "interval_seconds": (
         "float",
         "Run GC inside the server this often; 0 leaves it to `dockyard gc`.",
+    ),
+}
+METADATA = {
+    "url": (
+        "url",
+        "`postgresql://USER:PASSWORD@HOST:PORT/DB` for PostgreSQL (needed for more than one "
+        "node); unset: the embedded SQLite file DATA/metadata.db.",
+    ),
+    "pool_size": ("int", "PostgreSQL: connections per process."),
+    "connect_timeout": ("float", "PostgreSQL: seconds to get a connection before 503."),
+    "statement_timeout": ("float", "PostgreSQL: seconds a statement may run."),
+    "sqlite_synchronous": (
+        "string",
+        "SQLite: `full` (a commit survives power loss) or `normal` (survives a process crash).",
     ),
 }
 LOG = {
@@ -388,6 +412,12 @@ SCHEMA: dict[str, Section] = {
             _typed("registry", REGISTRY),
         ),
         Section("gc", "registry/config.py", "Garbage collection.", _typed("gc", GC)),
+        Section(
+            "metadata",
+            "registry/config.py",
+            "Where every part keeps its state: embedded SQLite (default) or PostgreSQL.",
+            _typed("metadata", METADATA),
+        ),
         Section("log", "registry/config.py", "Logs (stderr).", _typed("log", LOG)),
         Section(
             "auth", "auth/config.py", "Token authentication (Docker registry token spec).", AUTH

@@ -18,16 +18,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
+from dockyard.core.sql import Database
 from registry.events.config import NotificationSettings
 from registry.events.outbox import STATUSES, EventOutbox
 from registry.events.since import parse_since
 
-SettingsFor = Callable[[argparse.Namespace], tuple[pathlib.Path, NotificationSettings]]
+# The state store is opened by the command (its URL comes from the same configuration).
+SettingsFor = Callable[
+    [argparse.Namespace], tuple[Callable[[], Awaitable[Database]], NotificationSettings]
+]
 
 
 def register(
@@ -92,19 +95,23 @@ def _run(settings_for: SettingsFor, args: argparse.Namespace, command: Command) 
         if not hasattr(args, option):
             setattr(args, option, None)
     try:
-        data_dir, settings = settings_for(args)
+        open_state, settings = settings_for(args)
     except ValueError as exc:  # includes the notifications section's ConfigError
         print(f"dockyard events: {exc}", file=sys.stderr)
         return 2
 
     async def main() -> int:
-        outbox = await EventOutbox.open(
-            data_dir, settings, source_addr="", instance_id="dockyard-cli"
-        )
+        db = await open_state()
         try:
-            return int(await command(outbox, args, sys.stdout) or 0)
+            outbox = await EventOutbox.open(
+                db, settings, source_addr="", instance_id="dockyard-cli"
+            )
+            try:
+                return int(await command(outbox, args, sys.stdout) or 0)
+            finally:
+                await outbox.close()
         finally:
-            await outbox.close()
+            await db.close()
 
     try:
         return asyncio.run(main())

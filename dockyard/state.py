@@ -1,0 +1,19 @@
+"""The one state store of a process, opened from `[metadata]`: every part keeps its tables in
+it (SQLite file `DATA/metadata.db` by default, or PostgreSQL)."""
+
+from __future__ import annotations
+
+from dockyard.core.sql import Database, open_database
+from registry.config import Config
+
+
+async def open_state(config: Config) -> Database:
+    m = config.metadata
+    return await open_database(
+        m.url or None,
+        config.data_dir,
+        pool_size=m.pool_size,
+        connect_timeout=m.connect_timeout,
+        statement_timeout=m.statement_timeout,
+        sqlite_synchronous=m.sqlite_synchronous,
+    )
