@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -623,3 +624,120 @@ async def test_example_config_serves_with_env_overrides(seaweed: SeaweedFS, tmp_
             data = payload("example", 1000)
             digest = await push_monolithic(http, server.url, "acme/example", data)
             assert await fetch_blob(http, server.url, "acme/example", digest) == data
+
+
+# Several nodes: each with its own --data, one PostgreSQL database and one bucket (issue 15)
+
+
+@pytest.fixture
+def two_nodes(
+    seaweed: SeaweedFS, postgres: Any, tmp_path: Path
+) -> Iterator[tuple[DockyardServer, DockyardServer]]:
+    """Two `dockyard serve` processes that share nothing local: separate data directories,
+    one PostgreSQL database for metadata (a shared SQLite file would be a shared filesystem)
+    and one S3 prefix."""
+    text = seaweed.config_text("nodes", prefix=f"{tmp_path.name}/")
+    text += f'\n[metadata]\nurl = "{postgres.new_database()}"\n'
+    nodes: list[DockyardServer] = []
+    try:
+        for name in ("node-a", "node-b"):
+            nodes.append(s3_dockyard(tmp_path / name, text).start())
+        yield nodes[0], nodes[1]
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def local_upload_files(*nodes: DockyardServer) -> list[Path]:
+    return [p for n in nodes if (n.data_dir / "uploads").exists()
+            for p in (n.data_dir / "uploads").iterdir()]
+
+
+async def upload_range(http: aiohttp.ClientSession, location: str) -> str:
+    async with http.get(location) as resp:
+        assert resp.status == 204, await resp.text()
+        return resp.headers["Range"]
+
+
+async def test_an_upload_continues_chunk_after_chunk_on_the_other_node(
+    two_nodes: tuple[DockyardServer, DockyardServer]
+) -> None:
+    a, b = two_nodes
+    name = "acme/nodes"
+    layer = payload("nodes", 17 * MIB + 3)
+    # Chunks that end inside a part, on a part boundary and past one: what each node finds
+    # held by the other differs every time.
+    sizes = [6 * MIB, 3 * MIB, 5 * MIB + 1, 3 * MIB + 2]
+    assert sum(sizes) == len(layer)
+    async with aiohttp.ClientSession() as http:
+        path = (await start_upload(http, a.url, name))[len(a.url):]
+        offset = 0
+        for i, size in enumerate(sizes):
+            node = (b, a)[i % 2]  # POST on A, then B, A, B, A
+            resp = await patch(http, node.url + path, layer[offset:offset + size], offset)
+            assert resp.status == 202, resp.status
+            path = resp.headers["Location"]
+            offset += size
+            # The other node sees the session where this one left it.
+            other = a if node is b else b
+            assert await upload_range(http, other.url + path) == f"0-{offset - 1}"
+            assert not local_upload_files(a, b)
+        resp = await finish(http, b.url + path, sha256(layer))  # committed on B, after A
+        assert resp.status == 201
+        for node in (a, b):
+            assert sha256(await fetch_blob(http, node.url, name, sha256(layer))) == sha256(layer)
+
+        # The common push, one PATCH, committed on the other node: also no copy (the held
+        # tail was sent as the last part when the PATCH ended).
+        small = payload("nodes-one-patch", 7 * MIB)
+        path = (await start_upload(http, b.url, name))[len(b.url):]
+        resp = await patch(http, a.url + path, small, 0)
+        assert resp.status == 202
+        resp = await finish(http, b.url + resp.headers["Location"], sha256(small))
+        assert resp.status == 201
+        assert sha256(await fetch_blob(http, a.url, name, sha256(small))) == sha256(small)
+
+
+async def test_a_node_killed_mid_chunk_the_client_resumes_on_another(
+    two_nodes: tuple[DockyardServer, DockyardServer]
+) -> None:
+    a, b = two_nodes
+    name = "acme/killed"
+    layer = payload("killed", 16 * MIB + 5)
+    first, second = layer[: 6 * MIB], layer[6 * MIB :]
+    async with aiohttp.ClientSession() as http:
+        path = (await start_upload(http, a.url, name))[len(a.url):]
+        resp = await patch(http, a.url + path, first, 0)
+        assert resp.status == 202
+        path = resp.headers["Location"]
+
+        # The second chunk reaches A in part (enough for A to send a part of it to S3), then A
+        # dies with the request open.
+        sent = asyncio.Event()
+
+        async def stalled() -> AsyncIterator[bytes]:
+            view = memoryview(second)
+            for i in range(0, 7 * MIB, MIB):
+                yield bytes(view[i : i + MIB])
+            sent.set()
+            await asyncio.Event().wait()  # never finishes: the node dies first
+
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{6 * MIB}-{len(layer) - 1}",
+            "Content-Length": str(len(second)),
+        }
+        request = asyncio.create_task(http.patch(a.url + path, data=stalled(), headers=headers))
+        await asyncio.wait_for(sent.wait(), 60)
+        await asyncio.sleep(1.0)  # A reads what was sent and starts sending its part
+        await asyncio.to_thread(a.kill)
+        with pytest.raises((aiohttp.ClientError, asyncio.TimeoutError)):
+            await asyncio.wait_for(request, 30)
+
+        # The client asks B where the upload is: where A's last finished chunk left it.
+        assert await upload_range(http, b.url + path) == f"0-{6 * MIB - 1}"
+        resp = await patch(http, b.url + path, second, 6 * MIB)
+        assert resp.status == 202
+        resp = await finish(http, b.url + resp.headers["Location"], sha256(layer))
+        assert resp.status == 201
+        assert sha256(await fetch_blob(http, b.url, name, sha256(layer))) == sha256(layer)
