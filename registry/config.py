@@ -42,6 +42,9 @@ class StorageSettings:
     redirect: bool = False
     redirect_expiry: int = 300
     part_size_mib: int = 16
+    # Parts of one upload sent to S3 at once while the next one arrives: an upload holds at
+    # most (parts_in_flight + 1) parts in memory.
+    parts_in_flight: int = 2
     access_key: str | None = None
     secret_key: str | None = None
     create_bucket: bool = False

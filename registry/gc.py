@@ -76,6 +76,7 @@ class GarbageCollector:
         self.meta = meta
         self.leases = leases
         self.hooks = hooks if hooks is not None else []
+        self._held: set[str] = set()
 
     @contextlib.asynccontextmanager
     async def _lease(self) -> AsyncIterator[None]:
@@ -125,6 +126,9 @@ class GarbageCollector:
         if only:
             tenants = [t for t in tenants if t.name == only]
         released: dict[int, set[str]] = {}
+        # Objects that live upload sessions hold (S3: the bytes kept between two PATCHes, or a
+        # whole small blob before its commit): not orphans, however old.
+        self._held: set[str] = set()
         total = len(tenants) + (0 if only else 1)
         for i, tenant in enumerate(tenants):
             if progress:
@@ -156,14 +160,16 @@ class GarbageCollector:
         """Sweep one tenant; return the digests it no longer holds (even in a dry run)."""
         expiry = now - self.settings.upload_expiry_seconds
         for upload in await self.meta.uploads.all(tenant):
-            if upload.updated_at < expiry:
-                report.uploads_expired += 1
-                if not dry_run:
-                    await self.store.abort_upload(
-                        UploadState(upload.id, upload.offset, upload.driver)
-                    )
-                    async with self.meta.db.transaction() as tx:
-                        await self.meta.uploads.delete(tx, tenant, upload.id)
+            state = UploadState(upload.id, upload.offset, upload.driver)
+            if upload.updated_at >= expiry:
+                self._held |= self.store.session_keys(state)
+                continue
+            report.uploads_expired += 1
+            if not dry_run:
+                if not await self._committed(state):
+                    await self.store.abort_upload(state)
+                async with self.meta.db.transaction() as tx:
+                    await self.meta.uploads.delete(tx, tenant, upload.id)
 
         doomed: set[Node] = set()
         if untagged_cutoff is not None:
@@ -205,6 +211,8 @@ class GarbageCollector:
         async for key, mtime in self.store.list_blob_keys():
             # Re-read just before deleting: a commit may have recorded the key since `known`
             # (an S3 multipart object is dated by the start of its upload, not its end).
+            if key in self._held:
+                continue
             if key not in known and mtime < cutoff and not await self.meta.index.has_key(key):
                 report.orphans_deleted += 1
                 if not dry_run:
@@ -217,6 +225,15 @@ class GarbageCollector:
                 report.uploads_expired += 1
                 if not dry_run:
                     await self.store.abort_upload(UploadState(upload_id))
+
+
+    async def _committed(self, state: UploadState) -> bool:
+        """A session whose commit reached the index (a crash left its row): its objects are
+        a blob now, not upload data to abort."""
+        for key in self.store.session_keys(state):
+            if await self.meta.index.has_key(key):
+                return True
+        return False
 
 
 def unreachable(graph: Graph, untagged_cutoff: float, in_use: set[str]) -> set[Node]:

@@ -29,7 +29,7 @@ from .blobs import BlobInfo, Blobs
 from .config import RegistrySettings
 from .metadata import Metadata, QuotaExceeded, Tenant, UploadRecord
 from .quotas import Quotas
-from .storage import BlobStore, UploadState
+from .storage import BlobStore, UploadState, UploadUnreadable
 
 
 class SessionMoved(Exception):
@@ -45,6 +45,10 @@ def _new_hasher(algorithm: str, state: bytes | None = None) -> Any:
     if hashing.available():
         return hashing.ResumableHash(algorithm, state)
     return hashlib.new(algorithm)
+
+
+def _ignore(block: bytes) -> None:
+    pass
 
 
 class UploadSession:
@@ -66,17 +70,21 @@ class UploadSession:
     def _state(self) -> UploadState:
         return UploadState(self.record.id, self.record.offset, self.record.driver)
 
-    async def hasher(self, algorithm: str | None = None) -> Any:
+    async def hasher(self, algorithm: str | None = None) -> Any | None:
         """The running hash at the current offset: resumed from the saved state, else rebuilt
-        from the stored bytes (an algorithm other than the session's, or no saved state)."""
+        from the stored bytes (an algorithm other than the session's, or no saved state), or
+        None when the store cannot give them back before commit (S3 multipart uploads)."""
         algorithm = algorithm or self.record.algorithm
         rec = self.record
         if algorithm == rec.algorithm and rec.hash_state is not None and hashing.available():
             return hashing.ResumableHash(algorithm, rec.hash_state)
         hasher = _new_hasher(algorithm)
         if rec.offset:
-            async for block in self.service.store.read_upload(self._state()):
-                await asyncio.to_thread(hasher.update, block)
+            try:
+                async for block in self.service.store.read_upload(self._state()):
+                    await asyncio.to_thread(hasher.update, block)
+            except UploadUnreadable:
+                return None
         return hasher
 
     async def write(
@@ -86,17 +94,28 @@ class UploadSession:
         if start is not None and start != rec.offset:
             # spec: chunks MUST be uploaded in order; out-of-order, repeated or gapped → 416.
             raise SessionMoved(rec.offset)
+        store = self.service.store
         hasher = await self.hasher()
-        new = await self.service.store.write_upload(self._state(), blocks, hasher.update)
+        # Without a hash to continue, the digest is checked against the stored blob at commit.
+        sink = hasher.update if hasher is not None else _ignore
+        hint = rec.offset + length if length is not None else None
+        old = self._state()
+        new = await store.write_upload(old, blocks, sink, size_hint=hint)
         written = new.offset - rec.offset
-        if length is not None and written != length:
-            # The stored offset is unchanged, so the stray bytes are dropped by the next write.
-            raise SizeInvalid(f"chunk had {written} bytes, Content-Length said {length}")
         state = hasher.state() if isinstance(hasher, hashing.ResumableHash) else None
-        moved = not await self.service.meta.uploads.advance(
-            self.tenant, rec.id, rec.offset, new.offset, new.driver, state
-        )
-        if moved:
+        recorded = False
+        try:
+            if length is not None and written != length:
+                # The stored offset is unchanged, so the stray bytes are dropped by the next
+                # write.
+                raise SizeInvalid(f"chunk had {written} bytes, Content-Length said {length}")
+            recorded = await self.service.meta.uploads.advance(
+                self.tenant, rec.id, rec.offset, new.offset, new.driver, state
+            )
+        finally:
+            if new.driver != old.driver:
+                await store.settle_write(old, new, recorded)
+        if not recorded:
             current = await self.service.meta.uploads.get(self.tenant, rec.repository, rec.id)
             if current is None:
                 raise BlobUploadUnknown("blob upload unknown to registry")
@@ -116,13 +135,29 @@ class UploadSession:
     async def finish(self, digest: str) -> BlobInfo:
         d = parse_digest(digest)
         hasher = await self.hasher(d.algorithm)
-        if hasher.hexdigest() != d.hex:
+        if hasher is not None and hasher.hexdigest() != d.hex:
             raise DigestInvalid(
                 "provided digest did not match uploaded content", detail={"digest": digest}
             )
-        return await self._commit(digest)
+        return await self._commit(digest, verify=hasher is None)
 
-    async def _commit(self, digest: str) -> BlobInfo:
+    async def _verify_stored(self, key: str, digest: str) -> None:
+        """Hash a committed object before anything records it (the rare session whose bytes
+        could not be hashed as they arrived); a mismatch drops the object and the session."""
+        svc = self.service
+        d = parse_digest(digest)
+        hasher = _new_hasher(d.algorithm)
+        async for block in svc.store.read_blob(key, self.record.offset):
+            await asyncio.to_thread(hasher.update, block)
+        if hasher.hexdigest() != d.hex:
+            await svc.store.delete_blob(key)
+            async with svc.meta.db.transaction() as tx:
+                await svc.meta.uploads.delete(tx, self.tenant, self.record.id)
+            raise DigestInvalid(
+                "provided digest did not match uploaded content", detail={"digest": digest}
+            )
+
+    async def _commit(self, digest: str, verify: bool = False) -> BlobInfo:
         svc = self.service
         rec = self.record
         quota = await svc.quotas.of(self.tenant)
@@ -135,6 +170,8 @@ class UploadSession:
                 await self.cancel()
                 raise svc.quotas.denied(exc, self.tenant) from None
         key = await svc.store.commit_upload(self._state(), digest)
+        if verify:
+            await self._verify_stored(key, digest)
         kept = await svc.blobs.keep_one(digest, key, rec.offset)
         try:
             async with svc.meta.db.transaction() as tx:
@@ -151,7 +188,8 @@ class UploadSession:
 
     async def cancel(self) -> None:
         svc = self.service
-        await svc.store.abort_upload(self._state())
+        if not await svc.committed(self._state()):
+            await svc.store.abort_upload(self._state())
         async with svc.meta.db.transaction() as tx:
             await svc.meta.uploads.delete(tx, self.tenant, self.record.id)
 
@@ -173,6 +211,14 @@ class UploadService:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+
+    async def committed(self, state: UploadState) -> bool:
+        """Whether a commit of this session reached the blob index (a crash can leave the
+        session's row behind it): then its objects are a blob and must not be aborted."""
+        for key in self.store.session_keys(state):
+            if await self.meta.index.has_key(key):
+                return True
+        return False
 
     def lock(self, upload_id: str) -> asyncio.Lock:
         lock = self._locks.get(upload_id)
