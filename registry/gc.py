@@ -128,7 +128,7 @@ class GarbageCollector:
         released: dict[int, set[str]] = {}
         # Objects that live upload sessions hold (S3: the bytes kept between two PATCHes, or a
         # whole small blob before its commit): not orphans, however old.
-        self._held: set[str] = set()
+        self._held = set()
         total = len(tenants) + (0 if only else 1)
         for i, tenant in enumerate(tenants):
             if progress:
