@@ -80,7 +80,7 @@ def test_every_tenant_statement_is_keyed_by_its_customer() -> None:
 def test_the_check_finds_an_unkeyed_statement(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text('Q = "SELECT digest FROM tags WHERE name = ?"\n')
-    ((line, sql),) = sql_strings(bad)
+    ((_line, sql),) = sql_strings(bad)
     assert tables_of(sql) & TENANT_TABLES and not KEYS.search(sql)
 
 
