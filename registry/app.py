@@ -20,6 +20,7 @@ from dockyard.core.errors import (
 )
 from dockyard.core.sql import Database, DatabaseUnavailable
 
+from . import routes
 from .config import Config, quotas_of
 from .handlers import blobs, discovery, manifests, uploads
 from .handlers.base import REGISTRY, REQUEST_ID
@@ -74,24 +75,30 @@ async def api_base(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
+    """The Distribution API's routes, each named: handlers build URLs with `url_for` and the
+    auth middleware reads the scope a route needs from its name (registry/routes.py)."""
     name = "/v2/{name:.+}"
     r = app.router
-    r.add_get("/v2/", api_base)
-    r.add_get("/v2/_catalog", discovery.catalog)
-    r.add_get(name + "/tags/list", discovery.list_tags)
-    r.add_get(name + "/referrers/{digest}", discovery.referrers)
-    r.add_get(name + "/manifests/{reference}", manifests.get_manifest)
-    r.add_put(name + "/manifests/{reference}", manifests.put_manifest)
-    r.add_delete(name + "/manifests/{reference}", manifests.delete_manifest)
-    r.add_post(name + "/blobs/uploads/", uploads.start_upload)
-    r.add_get(name + "/blobs/uploads/{upload_id}", uploads.upload_status)
-    r.add_patch(name + "/blobs/uploads/{upload_id}", uploads.patch_upload)
-    r.add_put(name + "/blobs/uploads/{upload_id}", uploads.put_upload)
-    r.add_delete(name + "/blobs/uploads/{upload_id}", uploads.cancel_upload)
+    r.add_get("/v2/", api_base, name=routes.BASE)
+    r.add_get("/v2/_catalog", discovery.catalog, name=routes.CATALOG)
+    r.add_get(name + "/tags/list", discovery.list_tags, name=routes.TAGS)
+    r.add_get(name + "/referrers/{digest}", discovery.referrers, name=routes.REFERRERS)
+    r.add_get(name + "/manifests/{reference}", manifests.get_manifest, name=routes.MANIFEST_GET)
+    r.add_put(name + "/manifests/{reference}", manifests.put_manifest, name=routes.MANIFEST_PUT)
+    r.add_delete(
+        name + "/manifests/{reference}", manifests.delete_manifest, name=routes.MANIFEST_DELETE
+    )
+    r.add_post(name + "/blobs/uploads/", uploads.start_upload, name=routes.UPLOAD_START)
+    upload = name + "/blobs/uploads/{upload_id}"
+    r.add_get(upload, uploads.upload_status, name=routes.UPLOAD_STATUS)
+    r.add_patch(upload, uploads.patch_upload, name=routes.UPLOAD_PATCH)
+    r.add_put(upload, uploads.put_upload, name=routes.UPLOAD_PUT)
+    r.add_delete(upload, uploads.cancel_upload, name=routes.UPLOAD_CANCEL)
     # HEAD of a blob answers from metadata alone; it must not open the object.
-    r.add_get(name + "/blobs/{digest}", blobs.get_blob, allow_head=False)
-    r.add_head(name + "/blobs/{digest}", blobs.head_blob)
-    r.add_delete(name + "/blobs/{digest}", blobs.delete_blob)
+    blob = name + "/blobs/{digest}"
+    r.add_get(blob, blobs.get_blob, allow_head=False, name=routes.BLOB_GET)
+    r.add_head(blob, blobs.head_blob, name=routes.BLOB_HEAD)
+    r.add_delete(blob, blobs.delete_blob, name=routes.BLOB_DELETE)
 
 
 def make_registry(config: Config, db: Database) -> Registry:

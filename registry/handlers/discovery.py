@@ -9,6 +9,7 @@ from aiohttp import web
 
 from dockyard.core.oci import OCI_INDEX
 
+from .. import routes
 from ..access import access_of
 from ..metadata import Referrer
 from .base import next_link, page_params, registry_of, repo_name
@@ -29,7 +30,7 @@ async def list_tags(request: web.Request) -> web.StreamResponse:
     tags = await registry_of(request).discovery.tags(name, n + 1 if n else None, last)
     more = n is not None and len(tags) > n
     tags = tags[:n] if n else tags
-    headers = next_link(f"/v2/{name}/tags/list", n, tags) if more else {}
+    headers = next_link(routes.url(request, routes.TAGS, name=name), n, tags) if more else {}
     return web.json_response({"name": name, "tags": tags}, headers=headers)
 
 

@@ -7,6 +7,7 @@ from aiohttp import web
 from dockyard.core.errors import ManifestInvalid, ManifestUnknown
 from dockyard.core.oci import OCI_MANIFEST
 
+from .. import routes
 from ..access import access_of
 from .base import origin, registry_of, repo_name
 
@@ -39,7 +40,9 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         origin(request),
     )
     headers = {
-        "Location": f"/v2/{name}/manifests/{pushed.digest}",
+        "Location": routes.url(
+            request, routes.MANIFEST_GET, name=name, reference=pushed.digest
+        ),
         "Docker-Content-Digest": pushed.digest,
         "Content-Length": "0",
     }

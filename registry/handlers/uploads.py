@@ -11,14 +11,11 @@ from aiohttp import web
 from dockyard.core.errors import DigestInvalid, NameInvalid, RangeNotSatisfiable
 from dockyard.core.oci import check_name, parse_digest
 
+from .. import routes
 from ..access import access_of
 from ..blobs import BlobInfo
 from ..uploads import SessionMoved, UploadSession
 from .base import body_blocks, content_range, has_body, registry_of, repo_name
-
-
-def upload_location(name: str, upload_id: str) -> str:
-    return f"/v2/{name}/blobs/uploads/{upload_id}"
 
 
 def upload_range(offset: int) -> str:
@@ -27,9 +24,12 @@ def upload_range(offset: int) -> str:
     return f"0-{max(offset - 1, 0)}"
 
 
-def _session_headers(name: str, upload_id: str, offset: int, min_chunk: int) -> dict[str, str]:
+def _session_headers(
+    request: web.Request, name: str, upload_id: str, offset: int
+) -> dict[str, str]:
+    min_chunk = registry_of(request).store.chunk_min_length
     return {
-        "Location": upload_location(name, upload_id),
+        "Location": routes.url(request, routes.UPLOAD_STATUS, name=name, upload_id=upload_id),
         "Range": upload_range(offset),
         "Docker-Upload-UUID": upload_id,
         # spec: end-4a — advertised always; 0 means any chunk size is taken without buffering.
@@ -37,11 +37,11 @@ def _session_headers(name: str, upload_id: str, offset: int, min_chunk: int) -> 
     }
 
 
-def _created(name: str, info: BlobInfo) -> web.Response:
+def _created(request: web.Request, name: str, info: BlobInfo) -> web.Response:
     return web.Response(
         status=201,
         headers={
-            "Location": f"/v2/{name}/blobs/{info.digest}",
+            "Location": routes.url(request, routes.BLOB_GET, name=name, digest=info.digest),
             "Docker-Content-Digest": info.digest,
             "Content-Length": "0",
         },
@@ -52,16 +52,17 @@ T = TypeVar("T")
 
 
 async def _in_order(
-    request: web.Request, name: str, upload_id: str, start: int | None,
+    request: web.Request,
+    name: str,
+    upload_id: str,
+    start: int | None,
     work: Callable[[], Awaitable[T]],
 ) -> T:
     """Run a chunk write; a chunk that does not start where the session is gets 416."""
     try:
         return await work()
     except SessionMoved as moved:
-        headers = _session_headers(
-            name, upload_id, moved.offset, registry_of(request).store.chunk_min_length
-        )
+        headers = _session_headers(request, name, upload_id, moved.offset)
         raise RangeNotSatisfiable(
             f"chunk starts at {start}, upload is at {moved.offset}", headers=headers
         ) from None
@@ -83,7 +84,7 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
                 from_name = None  # a bad `from` is ignored like a missing one
         info = await registry.blobs.mount(name, mount, from_name, access)
         if info is not None:
-            return _created(name, info)
+            return _created(request, name, info)
         # spec: a registry unable to mount SHOULD answer 202 and start an upload session.
 
     digest = query.get("digest")
@@ -96,16 +97,14 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
         info = await registry.uploads.finish(
             name, session.id, digest, body_blocks(request), None, request.content_length
         )
-        return _created(name, info)
+        return _created(request, name, info)
     headers = _headers(request, name, session)
     headers["Content-Length"] = "0"
     return web.Response(status=202, headers=headers)
 
 
 def _headers(request: web.Request, name: str, session: UploadSession) -> dict[str, str]:
-    return _session_headers(
-        name, session.id, session.offset, registry_of(request).store.chunk_min_length
-    )
+    return _session_headers(request, name, session.id, session.offset)
 
 
 async def upload_status(request: web.Request) -> web.StreamResponse:
@@ -119,7 +118,10 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
     upload_id = request.match_info["upload_id"]
     start, length = content_range(request)
     session = await _in_order(
-        request, name, upload_id, start,
+        request,
+        name,
+        upload_id,
+        start,
         lambda: registry_of(request).uploads.write(
             name, upload_id, body_blocks(request), start, length
         ),
@@ -141,12 +143,13 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
         start, length = content_range(request)
         blocks = body_blocks(request)
     info = await _in_order(
-        request, name, upload_id, start,
-        lambda: registry_of(request).uploads.finish(
-            name, upload_id, digest, blocks, start, length
-        ),
+        request,
+        name,
+        upload_id,
+        start,
+        lambda: registry_of(request).uploads.finish(name, upload_id, digest, blocks, start, length),
     )
-    return _created(name, info)
+    return _created(request, name, info)
 
 
 async def cancel_upload(request: web.Request) -> web.StreamResponse:
