@@ -31,7 +31,7 @@ from registry.events import (
 )
 from registry.events.admin import add_admin_routes
 from registry.gc import GarbageCollector, InUseHook
-from registry.metrics import record_deployment_event, record_placement
+from registry.metrics import NODE_INFO, record_deployment_event, record_placement
 from registry.service import Registry
 from registry.usage import usage_report
 
@@ -212,6 +212,7 @@ async def build_app(config: Config) -> web.Application:
         auth.add_routes(app)
         app.middlewares.append(make_auth_middleware(auth, settings, registry.uploads.owner))
     node = Node(db, config.cluster, config.http.public_url or f"http://{config.http.addr}")
+    NODE_INFO.info({"node": node.name, "id": node.id, "roles": ",".join(sorted(node.roles))})
     app.cleanup_ctx.append(node.lifecycle())
     setup_events(app, config, registry, db, node)
     if node.runs("launcher"):

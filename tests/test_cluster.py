@@ -126,6 +126,10 @@ def test_cluster_status_lists_every_node_and_lease(cluster: Cluster) -> None:
     assert all(set(n["roles"]) == {"api", "dispatcher", "gc", "launcher"} for n in status["nodes"])
     text = dockyard_cli(0, cluster, "cluster", "status")
     assert "postgresql://dockyard:***@" in text.stdout and "node2" in text.stdout
+    # Each node's /metrics says which node it is, so a cluster's scrapes can be told apart.
+    for i, node in enumerate(cluster.nodes):
+        with urllib.request.urlopen(f"{node.url}/metrics", timeout=30) as resp:
+            assert f'dockyard_node_info{{id="node{i}:' in resp.read().decode()
 
 
 def test_gc_on_one_node_while_the_others_take_pushes(cluster: Cluster) -> None:

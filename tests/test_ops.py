@@ -210,7 +210,7 @@ def test_launcher_hooks_reach_the_exposition() -> None:
     """The launcher cannot import the registry; the composition root passes these in."""
 
     def current() -> dict:
-        return parse(generate_latest(registry_metrics.REGISTRY).decode())
+        return parse(generate_latest(registry_metrics.METRICS).decode())
 
     before = current()
     asyncio.run(registry_metrics.record_deployment_event({"state": "COMPLETED"}))

@@ -103,6 +103,11 @@ STORAGE = {
     "redirect": ("bool", "S3: answer blob GETs with a redirect to a presigned URL."),
     "redirect_expiry": ("int", "S3: seconds a presigned URL stays valid."),
     "part_size_mib": ("int", "S3: multipart part size in MiB (5 or more)."),
+    "parts_in_flight": (
+        "int",
+        "S3: parts of one upload sent while the next arrives; an upload holds at most "
+        "(parts_in_flight + 1) × part size in memory.",
+    ),
     "access_key": ("string", "S3: access key (unset: the AWS credential chain)."),
     "secret_key": ("string", "S3: secret key (unset: the AWS credential chain)."),
     "create_bucket": ("bool", "S3: create the bucket at start when it does not exist."),
