@@ -88,6 +88,25 @@ HTTP = {
         "HOST:PORT of a separate plain-HTTP listener for /metrics (and /healthz, /readyz); "
         "/metrics then leaves the main port.",
     ),
+    "header_timeout": (
+        "float",
+        "Seconds a connection has to deliver a request's headers (from connecting, or from the "
+        "first byte of the next request); later: 408 and the connection is closed. 0 disables.",
+    ),
+    "body_idle_timeout": (
+        "float",
+        "Seconds a request body may stop moving before 408 and close; a slow upload that keeps "
+        "sending is never cut. 0 disables.",
+    ),
+    "keepalive_timeout": (
+        "float",
+        "Seconds an idle kept-alive connection stays open between requests.",
+    ),
+    "max_connections": (
+        "int",
+        "Connections served at once per process; one more gets 503 UNAVAILABLE with "
+        "Retry-After and is closed. 0: the open-file limit (ulimit -n) less 100.",
+    ),
 }
 STORAGE = {
     "driver": ("string", "`filesystem` (blobs under the data directory) or `s3`."),
