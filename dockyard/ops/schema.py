@@ -185,7 +185,13 @@ AUTH = (
     Key("enabled", "bool", "Require Bearer tokens on /v2/ and serve /auth/token.", False),
     Key("issuer", "string", "`iss` of issued tokens (and the only one accepted).", "dockyard"),
     Key("service", "string", "`aud`/service name clients ask tokens for.", "dockyard"),
-    Key("token_lifetime", "int", "Seconds an access token lives.", 300),
+    Key(
+        "token_lifetime",
+        "int",
+        "Seconds an access token lives. Removing a user, robot or role ends its pushes and "
+        "deletes at once (checked on every write); its pulls may go on until the token expires.",
+        300,
+    ),
     Key("algorithm", "string", "Token signature: `ES256` or `RS256`.", "ES256"),
     Key(
         "private_key",
@@ -203,8 +209,45 @@ AUTH = (
         "url",
         "Token endpoint announced in challenges (unset: /auth/token on the host the client used).",
     ),
-    Key("failed_login_limit", "int", "Failed logins per account and address before lockout.", 5),
-    Key("failed_login_window", "int", "Seconds the failed-login count covers.", 300),
+    Key(
+        "failed_login_limit",
+        "int",
+        "Failed logins for one account from one address before that address may not try that "
+        "account (429) until the window moves on; other addresses are not affected.",
+        5,
+    ),
+    Key("failed_login_window", "int", "Seconds the failed-login counts cover.", 300),
+    Key(
+        "failed_login_source_limit",
+        "int",
+        "Failed logins from one address, for any accounts, before that address may not log in.",
+        30,
+    ),
+    Key(
+        "failed_login_tarpit",
+        "float",
+        "Seconds a refused (429) login waits before it is answered, slowing floods.",
+        1.0,
+    ),
+    Key(
+        "hash_workers",
+        "int",
+        "Threads hashing passwords (scrypt), apart from storage I/O; 0: half the CPUs.",
+        0,
+    ),
+    Key(
+        "hash_rate",
+        "float",
+        "Password hashes per second for the whole process (unknown names count too); 0: "
+        "unlimited.",
+        20.0,
+    ),
+    Key(
+        "hash_max_wait",
+        "float",
+        "Seconds a login may wait for its hash; past it 503 with Retry-After.",
+        2.0,
+    ),
     Key(
         "refresh_token_lifetime", "int", "Seconds a refresh token lives; 0 never expires.", 2592000
     ),
