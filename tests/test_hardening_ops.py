@@ -313,3 +313,61 @@ def test_serve_starts_with_allow_unknown_config_and_warns(dockyard_factory: Fact
     server = dockyard_factory("[metadta]\nurl = 1\n", args=("--allow-unknown-config",))
     assert _request(server, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
     assert "unknown section metadta" in server.log()
+
+
+# --- finding 9: the client's Host header is not echoed once public_url is set ------------------
+
+
+def _push_with_host(server: DockyardServer, host: str, token: str = "") -> None:
+    """A one-config-blob image pushed with a forged Host header."""
+    import hashlib
+
+    config = b'{"host": "forged"}'
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    status, body = _request(
+        server,
+        f"POST /v2/acme/host/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: {host}\r\n{auth}"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(config)}\r\n\r\n"
+        .encode() + config,
+    )
+    assert status == 201, body
+    doc = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest,
+                   "size": len(config)},
+        "layers": [],
+    }).encode()
+    status, body = _request(
+        server,
+        f"PUT /v2/acme/host/manifests/v1 HTTP/1.1\r\nHost: {host}\r\n{auth}"
+        f"Content-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+        f"Content-Length: {len(doc)}\r\n\r\n".encode() + doc,
+    )
+    assert status == 201, body
+
+
+def test_public_url_is_what_clients_see_not_their_host_header(dockyard_factory: Factory) -> None:
+    hook = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens: the event stays queued
+    server = dockyard_factory(
+        '[http]\npublic_url = "https://registry.example.com/"\n'
+        f'[[notifications.endpoints]]\nname = "sink"\nurl = "{hook}"\n'
+    )
+    _push_with_host(server, "evil.example:8443")
+    rows = json.loads(server.cli("events", "list", "--json").stdout)
+    event = json.loads(server.cli("events", "show", rows[0]["event_id"], "--json").stdout)
+    url = event["event"]["target"]["url"]
+    assert url.startswith("https://registry.example.com/v2/acme/host/manifests/sha256:")
+    assert "evil" not in json.dumps(event["event"]["target"])
+
+    secured = dockyard_factory(
+        '[auth]\nenabled = true\n[http]\npublic_url = "https://registry.example.com"\n',
+        name="secured",
+    )
+    with _connect(secured) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: evil.example:8443\r\n\r\n")
+        head = sock.recv(65536).decode()
+    assert " 401 " in head.splitlines()[0]
+    assert 'realm="https://registry.example.com/auth/token"' in head
+    assert "evil" not in head
