@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from dockyard.core.errors import error_body
@@ -199,6 +200,31 @@ class GuardedHandler(RequestHandler):
         if self._header_timer is not None and (self._messages or self._request_in_progress):
             self._header_timer.cancel()  # headers complete: the request is being handled
             self._header_timer = None
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Malformed HTTP refused by aiohttp's parser (a header line over 8 KiB, a control
+        character in a header, a bad request line) is the client's error: answer the spec's
+        JSON error and log one line, not a traceback (found by tests/test_fuzz.py)."""
+        if not isinstance(exc, HttpProcessingError) or status >= 500:
+            return super().handle_error(request, status, exc, message)
+        log.info(
+            "malformed HTTP request from %s: %s",
+            request.remote,
+            getattr(exc, "message", "") or type(exc).__name__,
+            extra={"event": "bad_http", "status": status},
+        )
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        text = (getattr(exc, "message", "") or "malformed HTTP request").splitlines()[0][:200]
+        response = web.json_response(error_body("INVALID", text), status=status)
+        response.force_close()
+        return response
 
     def _arm_header_timer(self, timeout: float) -> None:
         if timeout > 0:
