@@ -105,7 +105,7 @@ HTTP = {
     "max_connections": (
         "int",
         "Connections served at once per process; one more gets 503 UNAVAILABLE with "
-        "Retry-After and is closed. 0: the open-file limit (ulimit -n) less 100.",
+        "Retry-After and is closed. 0: the open-file limit (ulimit -n) less 228.",
     ),
 }
 STORAGE = {

@@ -79,12 +79,16 @@ class InFlight:
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
-# Descriptors kept free of connections for the databases, blob files, logs and the listener
-# when `max_connections` is derived from the process's limit.
-RESERVED_FDS = 100
+# Descriptors kept free of connections when `max_connections` is derived from the process's
+# limit: ~100 for the databases, blob files and logs, and 128 because asyncio accepts up to 100
+# connections in one go before any of them can be refused (a reconnect storm under `ulimit -n
+# 400` exhausted a reserve of 100, and blob commits failed with EMFILE).
+RESERVED_FDS = 228
 ACCEPT_LOG_INTERVAL = 10.0  # seconds between two log lines about failing accept() calls
-# A connection over the cap only has this long to send the request that gets its 503.
-REFUSAL_HEADER_TIMEOUT = 2.0
+# A connection over the cap is closed this long after connecting if it has sent nothing.
+REFUSAL_HEADER_TIMEOUT = 0.5
+# Refusals answered at once at most; past that, new connections over the cap are reset.
+REFUSAL_SLOTS = 16
 
 
 def default_max_connections() -> int:
@@ -103,7 +107,9 @@ class ConnectionGuard:
     body_idle_timeout: float = 60.0
     max_connections: int = 0  # 0: default_max_connections()
     open: int = 0
+    refusing: int = 0  # refused connections not closed yet
     refused: int = 0
+    dropped: int = 0  # reset without an answer: more than REFUSAL_SLOTS refusals at once
     header_timeouts: int = 0
     body_timeouts: int = 0
     _last_refusal_log: float = field(default=0.0, repr=False)
@@ -140,14 +146,13 @@ REQUEST_TIMEOUT = _raw_response(
 )
 
 
-async def _refuse(request: web.BaseRequest) -> web.StreamResponse:
-    response = web.json_response(
-        error_body("UNAVAILABLE", "too many connections; try again shortly"),
-        status=503,
-        headers={"Retry-After": "1"},
-    )
-    response.force_close()
-    return response
+TOO_MANY_CONNECTIONS = _raw_response(
+    503,
+    "Service Unavailable",
+    "UNAVAILABLE",
+    "too many connections; try again shortly",
+    "Retry-After: 1\r\n",
+)
 
 
 class GuardedHandler(RequestHandler):
@@ -160,6 +165,7 @@ class GuardedHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._counted = False
+        self._refusing = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_byte = 0.0
@@ -169,11 +175,20 @@ class GuardedHandler(RequestHandler):
         guard = self._guard
         self._last_byte = self._loop.time()
         if guard.open >= guard.max_connections:
-            # Read its request and answer 503 (a response written before the request is read
-            # would often be lost to the reset that closing an unread socket sends).
+            # Answered 503 as soon as its first bytes arrive (closing before reading them would
+            # often reset the connection and lose the answer), and closed REFUSAL_HEADER_TIMEOUT
+            # after connecting otherwise: a refused connection holds its descriptor briefly, so
+            # attackers reconnecting in a loop cannot exhaust them through the refusals.
             guard.note_refusal()
-            self._request_handler = _refuse
-            self._arm_header_timer(min(guard.header_timeout, REFUSAL_HEADER_TIMEOUT))
+            if guard.refusing >= REFUSAL_SLOTS:
+                # A reconnect storm: answering each would itself use up the descriptors the
+                # served connections and the stores need. Reset at once instead.
+                guard.dropped += 1
+                transport.abort()
+                return
+            guard.refusing += 1
+            self._refusing = True
+            self._arm_header_timer(REFUSAL_HEADER_TIMEOUT)
             return
         guard.open += 1
         self._counted = True
@@ -181,6 +196,9 @@ class GuardedHandler(RequestHandler):
         self._arm_idle_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refusing:
+            self._refusing = False
+            self._guard.refusing -= 1
         if self._counted:
             self._counted = False
             self._guard.open -= 1
@@ -191,6 +209,11 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refusing:
+            if self.transport is not None and not self._force_close:
+                self.transport.write(TOO_MANY_CONNECTIONS)
+                self.force_close()
+            return
         self._last_byte = self._loop.time()
         between_requests = not self._request_in_progress and not self._messages
         if data and between_requests and self._header_timer is None:
@@ -233,6 +256,10 @@ class GuardedHandler(RequestHandler):
     def _header_expired(self) -> None:
         self._header_timer = None
         if self.transport is None or self._request_in_progress or self._messages:
+            return
+        if self._refusing:
+            self.transport.write(TOO_MANY_CONNECTIONS)
+            self.force_close()
             return
         self._guard.header_timeouts += 1
         self.transport.write(REQUEST_TIMEOUT)
