@@ -7,7 +7,6 @@ customer matching one of its glob patterns. Anonymous callers may pull public re
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import hashlib
 import json
@@ -15,6 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from auth import passwords
 from auth.names import (
     check_customer,
     check_user,
@@ -23,7 +23,7 @@ from auth.names import (
     parse_robot,
     robot_name,
 )
-from auth.passwords import dummy_hash, generate_secret, hash_secret, verify_secret
+from auth.passwords import dummy_hash, generate_secret
 from auth.schema import STEPS
 from auth.scope import is_repository_name
 from dockyard.core.sql import Database, IntegrityError
@@ -136,7 +136,7 @@ class Accounts:
     async def create_user(self, name: str, password: str) -> None:
         check_user(name)
         _check_password(password)
-        hashed = await asyncio.to_thread(hash_secret, password)
+        hashed = await passwords.pool().hash(password)
         try:
             await self._db.execute(
                 "INSERT INTO auth_users (name, password_hash, created_at) VALUES (?, ?, ?)",
@@ -168,7 +168,7 @@ class Accounts:
     async def set_password(self, name: str, password: str) -> None:
         """Change a password; the user's refresh tokens stop working (a stolen one included)."""
         _check_password(password)
-        hashed = await asyncio.to_thread(hash_secret, password)
+        hashed = await passwords.pool().hash(password)
         async with self._db.transaction() as tx:
             updated = await tx.execute(
                 "UPDATE auth_users SET password_hash = ? WHERE name = ?", (hashed, name)
@@ -221,7 +221,7 @@ class Accounts:
         if not await self.customer_exists(customer):
             raise AccountError(f"customer {customer} does not exist (add it first)")
         secret = generate_secret()
-        hashed = await asyncio.to_thread(hash_secret, secret)
+        hashed = await passwords.pool().hash(secret)
         try:
             await self._db.execute(
                 "INSERT INTO auth_robots "
@@ -302,7 +302,7 @@ class Accounts:
             query = "SELECT password_hash FROM auth_users WHERE name = ?"
         row = await self._db.fetchone(query, (username,))
         stored = row[0] if row else dummy_hash()
-        ok = await asyncio.to_thread(verify_secret, secret, stored)
+        ok = await passwords.pool().verify(secret, stored)
         return username if ok and row else None
 
     async def subject_exists(self, subject: str) -> bool:

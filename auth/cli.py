@@ -17,6 +17,7 @@ from typing import Any
 from auth.accounts import ROLES, AccountError, Accounts
 from auth.config import AuthSettings
 from auth.names import InvalidName, parse_robot, robot_name
+from dockyard.core.cliargs import customer_arg
 from dockyard.core.sql import Database
 
 # The state store is opened per command (its URL comes from the same configuration).
@@ -62,40 +63,40 @@ def register(subparsers: argparse._SubParsersAction, settings_for: SettingsFor) 
 
     customer = group("customer", "manage customers (tenants)")
     p = leaf(customer, "add", "add a customer", _customer_add)
-    p.add_argument("name")
+    p.add_argument("name", type=customer_arg)
     leaf(customer, "list", "list customers", _customer_list)
     p = leaf(customer, "remove", "remove a customer with its roles, robots and public marks",
              _customer_remove)
-    p.add_argument("name")
+    p.add_argument("name", type=customer_arg)
 
     user = group("user", "manage users")
     p = leaf(user, "add", "add a user (password prompted or read from stdin), or set the role "
              "of an existing user in a customer", _user_add)
     p.add_argument("name")
-    p.add_argument("--customer", required=True)
+    p.add_argument("--customer", required=True, type=customer_arg)
     p.add_argument("--role", required=True, choices=sorted(ROLES))
     p = leaf(user, "passwd", "change a user's password (revokes their refresh tokens)",
              _user_passwd)
     p.add_argument("name")
     p = leaf(user, "remove", "remove a user, or only their role in --customer", _user_remove)
     p.add_argument("name")
-    p.add_argument("--customer")
+    p.add_argument("--customer", type=customer_arg)
     p = leaf(user, "list", "list users and their roles", _user_list)
-    p.add_argument("--customer")
+    p.add_argument("--customer", type=customer_arg)
 
     robot = group("robot", "manage robot accounts (for CI)")
     p = leaf(robot, "add", "add a robot account; prints its secret once", _robot_add)
     p.add_argument("name", help="short name; the login name is robot$CUSTOMER+NAME")
-    p.add_argument("--customer", required=True)
+    p.add_argument("--customer", required=True, type=customer_arg)
     p.add_argument("--repos", required=True, metavar="PATTERN[,PATTERN…]",
                    help="repository globs, full (acme/web-*) or within the customer (web-*)")
     p.add_argument("--actions", default="pull,push", metavar="ACTION[,ACTION…]",
                    help="some of pull,push,delete (default pull,push)")
     p = leaf(robot, "list", "list robot accounts", _robot_list)
-    p.add_argument("--customer")
+    p.add_argument("--customer", type=customer_arg)
     p = leaf(robot, "remove", "remove a robot account", _robot_remove)
     p.add_argument("name", help="robot$CUSTOMER+NAME, or NAME with --customer")
-    p.add_argument("--customer")
+    p.add_argument("--customer", type=customer_arg)
 
     repo = group("repo", "repository visibility")
     p = leaf(repo, "public", "let anonymous callers pull a repository", _repo_public)
@@ -103,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction, settings_for: SettingsFor) 
     p = leaf(repo, "private", "make a repository private again (the default)", _repo_private)
     p.add_argument("name")
     p = leaf(repo, "list", "list public repositories", _repo_list)
-    p.add_argument("--customer")
+    p.add_argument("--customer", type=customer_arg)
 
     auth = group("auth", "the token service")
     p = leaf(auth, "serve", "run the token service alone", _auth_serve)

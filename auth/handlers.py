@@ -4,6 +4,7 @@ anonymous), `POST /auth/token` (docker-auth-oauth.md, password and refresh_token
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -16,6 +17,7 @@ from auth.accounts import Accounts
 from auth.config import AuthSettings
 from auth.grants import grant_access
 from auth.keys import VerificationKey, jwks_document
+from auth.passwords import PasswordBusy
 from auth.scope import Resource, ScopeError, format_scopes, parse_scopes
 from auth.throttle import LoginThrottle
 from auth.tokens import TokenIssuer
@@ -64,7 +66,7 @@ class TokenEndpoint:
             account = query.get("account")
             if account and account != login:
                 return _error(400, "invalid_request", "account does not match the credentials")
-            outcome = await self._login(login, password)
+            outcome = await self._login(request, login, password)
             if isinstance(outcome, web.Response):
                 return outcome
             subject = outcome
@@ -100,7 +102,7 @@ class TokenEndpoint:
             username, password = fields.get("username"), fields.get("password")
             if not username or password is None:
                 return _error(400, "invalid_request", "username and password are required")
-            outcome = await self._login(username, password)
+            outcome = await self._login(request, username, password)
             if isinstance(outcome, web.Response):
                 return outcome
             subject = outcome
@@ -122,22 +124,36 @@ class TokenEndpoint:
             return await self._respond(found, requested, refresh_token)
         return _error(400, "unsupported_grant_type", "grant_type must be password or refresh_token")
 
-    async def _login(self, username: str, password: str) -> str | web.Response:
-        retry_after = self._throttle.retry_after(username)
+    async def _login(
+        self, request: web.Request, username: str, password: str
+    ) -> str | web.Response:
+        source = request.remote or ""
+        retry_after = self._throttle.retry_after(source, username)
         if retry_after is not None:
+            # Refused before any hashing, and late: a closed-loop flood from one address gets
+            # one answer per connection per tarpit instead of thousands per second.
+            await asyncio.sleep(self._throttle.tarpit)
             return _error(
                 429,
                 "too_many_requests",
-                "too many failed logins for this account; try again later",
+                "too many failed logins from this address; try again later",
                 {"Retry-After": str(retry_after)},
             )
         # Counted before the check so that many concurrent guesses cannot all slip in under the
-        # limit while their hashes are computed; a success clears the count.
-        self._throttle.failed(username)
-        subject = await self._accounts.authenticate(username, password)
+        # limit while their hashes are computed; a success clears the (address, account) count.
+        self._throttle.failed(source, username)
+        try:
+            subject = await self._accounts.authenticate(username, password)
+        except PasswordBusy as exc:
+            return _error(
+                503,
+                "temporarily_unavailable",
+                "too many logins at once; try again shortly",
+                {"Retry-After": str(exc.retry_after)},
+            )
         if subject is None:
             return _error(401, "invalid_grant", "incorrect username or password")
-        self._throttle.succeeded(username)
+        self._throttle.succeeded(source, username)
         return subject
 
     async def _respond(
@@ -192,9 +208,12 @@ def _error(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     # Both shapes: OAuth2 clients read `error`, the docker client reads `errors` (errcode).
-    registry_code = {401: "UNAUTHORIZED", 413: "SIZE_INVALID", 429: "TOOMANYREQUESTS"}.get(
-        status, "UNSUPPORTED"
-    )
+    registry_code = {
+        401: "UNAUTHORIZED",
+        413: "SIZE_INVALID",
+        429: "TOOMANYREQUESTS",
+        503: "UNAVAILABLE",
+    }.get(status, "UNSUPPORTED")
     body = {
         "error": code,
         "error_description": message,

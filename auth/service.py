@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from auth import passwords
 from auth.accounts import Accounts
 from auth.challenge import JWKS_PATH, TOKEN_PATH
 from auth.config import AuthSettings
@@ -47,6 +48,19 @@ async def create_auth(settings: AuthSettings, default_customer: str, db: Databas
         audience=settings.service,
         lifetime=settings.token_lifetime,
     )
-    throttle = LoginThrottle(settings.failed_login_limit, settings.failed_login_window)
+    throttle = LoginThrottle(
+        settings.failed_login_limit,
+        settings.failed_login_window,
+        source_limit=settings.failed_login_source_limit,
+        tarpit=settings.failed_login_tarpit,
+    )
+    passwords.configure(
+        settings.hash_workers or passwords.default_workers(),
+        settings.hash_rate,
+        settings.hash_max_wait,
+    )
+    # The dummy hash unknown names are checked against, made now rather than on the event loop
+    # by the first login with an unknown name.
+    await asyncio.to_thread(passwords.dummy_hash)
     endpoint = TokenEndpoint(settings, accounts, issuer, throttle, keys)
     return Auth(settings, accounts, verifier, issuer, keys, endpoint)

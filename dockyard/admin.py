@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from dockyard.core.cliargs import customer_arg
 from dockyard.core.leases import Leases
 from registry.app import make_registry
 from registry.config import Config, ConfigError, parse_size
@@ -167,25 +168,27 @@ def register(sub: argparse._SubParsersAction, common, config_from) -> None:
         parser.set_defaults(func=lambda args: func(config_from(args), args))
 
     p = sub.add_parser("usage", help="storage used, shared and saved per customer")
-    p.add_argument("customer", nargs="?")
+    p.add_argument("customer", nargs="?", type=customer_arg)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     leaf(p, cmd_usage)
 
     quota = sub.add_parser("quota", help="per-customer storage quotas")
     qs = quota.add_subparsers(dest="quota_command", required=True)
     p = qs.add_parser("set", help="set a customer's quota, e.g. 10GiB")
-    p.add_argument("customer")
+    p.add_argument("customer", type=customer_arg)
     p.add_argument("size")
     leaf(p, cmd_quota)
     p = qs.add_parser("show", help="show a customer's quota")
-    p.add_argument("customer")
+    p.add_argument("customer", type=customer_arg)
     leaf(p, cmd_quota)
     p = qs.add_parser("clear", help="remove the quota set by this command")
-    p.add_argument("customer")
+    p.add_argument("customer", type=customer_arg)
     leaf(p, cmd_quota)
 
     p = sub.add_parser("gc", help="collect unreferenced manifests and blobs (online)")
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
-    p.add_argument("--customer", help="only this customer's metadata (no blob sweep)")
+    p.add_argument(
+        "--customer", type=customer_arg, help="only this customer's metadata (no blob sweep)"
+    )
     p.add_argument("--json", action="store_true")
     leaf(p, cmd_gc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,7 +80,13 @@ def gc_hooks(config: Config) -> list[InUseHook]:
 
 
 def auth_settings(config: Config) -> AuthSettings:
-    return AuthSettings.from_dict(config.section("auth"), config.data_dir)
+    settings = AuthSettings.from_dict(config.section("auth"), config.data_dir)
+    if settings.realm is None and config.http.public_url:
+        # Clients see [http] public_url, never an echo of their own Host header (DESIGN.md;
+        # issue 22, finding 9): the challenge's realm is the token endpoint under it.
+        realm = config.http.public_url.rstrip("/") + "/auth/token"
+        settings = dataclasses.replace(settings, realm=realm)
+    return settings
 
 
 def notification_settings(config: Config) -> NotificationSettings:

@@ -168,8 +168,10 @@ def _owner_problems(config: Config) -> list[str]:
     return problems
 
 
-def check_config(config: Config) -> list[str]:
-    """Every problem of a loaded configuration, as one line each (empty: valid)."""
+def unknown_entries(config: Config) -> list[str]:
+    """Sections and keys of the file that no part reads, one line each with the closest known
+    name. `dockyard serve` refuses to start on any of them (a typo such as `[metadta]` would
+    otherwise silently run on defaults)."""
     known_top = {k.name for k in TOP_LEVEL} | set(SCHEMA)
     problems = []
     for key, value in config.raw.items():
@@ -178,11 +180,18 @@ def check_config(config: Config) -> list[str]:
         if key not in known_top:
             kind = "section" if isinstance(value, dict) else "key"
             problems.append(f"unknown {kind} {key}{_suggest(key, sorted(known_top))}")
-        elif key in SCHEMA and not isinstance(value, dict):
-            problems.append(f"{key}: expected a table ([{key}])")
     for name, section in SCHEMA.items():
         if isinstance(config.raw.get(name), dict):
             problems += _unknown_keys(section, config.raw[name])
+    return problems
+
+
+def check_config(config: Config) -> list[str]:
+    """Every problem of a loaded configuration, as one line each (empty: valid)."""
+    problems = unknown_entries(config)
+    for key, value in config.raw.items():
+        if key in SCHEMA and not isinstance(value, dict):
+            problems.append(f"{key}: expected a table ([{key}])")
     problems += _typed_problems(config)
     problems += _semantic_problems(config)
     problems += _owner_problems(config)

@@ -24,7 +24,7 @@ from registry.storage import StorageError
 from . import admin, checkconfig, cluster, migrate
 from .logs import ACCESS_LOGGER, AccessLogger, setup_logging
 from .ops.schema import apply_env
-from .ops.serve import run_server
+from .ops.serve import ConnectionGuard, run_server
 from .ops.tls import server_ssl_context
 from .state import describe_state, open_state
 
@@ -65,8 +65,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from(args)
     cluster.roles_of(config.cluster)  # a typo in [cluster] roles stops here, not in a worker
     setup_logging(config.log)
-    for key in config.raw.get("_unknown", []):
-        log.warning("unknown configuration key %s (ignored; see dockyard check-config)", key)
+    # A typo (`[metadta]`, `tls_crt`) would otherwise start the server on defaults: refuse,
+    # naming every unknown entry, unless the operator says the file is meant for a newer version.
+    unknown = checkconfig.unknown_entries(config)
+    if unknown and not args.allow_unknown_config:
+        for entry in unknown:
+            print(f"dockyard: {entry}", file=sys.stderr)
+        print(
+            "dockyard: refusing to start with unknown configuration (see `dockyard check-config`;"
+            " --allow-unknown-config starts anyway and ignores them)",
+            file=sys.stderr,
+        )
+        return 2
+    for entry in unknown:
+        log.warning("%s (ignored: --allow-unknown-config)", entry)
     if args.addr:
         config.http.addr = args.addr
     if args.insecure:
@@ -124,6 +136,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log_class=AccessLogger,
             shutdown_timeout=config.http.shutdown_timeout,
             reuse_port=workers > 1,
+            guard=ConnectionGuard(
+                header_timeout=config.http.header_timeout,
+                body_idle_timeout=config.http.body_idle_timeout,
+                max_connections=config.http.max_connections,
+            ),
+            keepalive_timeout=config.http.keepalive_timeout,
         )
 
     if workers == 1:
@@ -210,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure",
         action="store_true",
         help="allow listening on a non-loopback address without authentication",
+    )
+    serve.add_argument(
+        "--allow-unknown-config",
+        action="store_true",
+        help="start even if the config has sections or keys no part reads (they are ignored)",
     )
     serve.set_defaults(func=cmd_serve)
     auth_cli.register(sub, auth_settings_for)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -58,6 +59,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # A client that went away or sent a broken body: answered by
         # dockyard.core.http.client_gone_middleware, without a traceback.
         raise
+    except OSError as err:
+        if err.errno not in (errno.EMFILE, errno.ENFILE):
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(InternalError("internal error; see the server log"))
+        # Out of file descriptors: the server is overloaded, not broken; nothing was committed.
+        log.warning("out of file descriptors on %s %s", request.method, request.path)
+        return error_response(Unavailable("server overloaded; retry later"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(InternalError("internal error; see the server log"))

@@ -35,6 +35,7 @@ from registry.access import ACCESS
 UploadOwner = Callable[[str, str], Awaitable[str | None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+_WRITES = frozenset({"push", "delete"})
 
 class TokenAccess:
     """What the caller of one request may do; implements the registry's `Access` protocol.
@@ -203,6 +204,14 @@ def make_auth_middleware(
             granted = claims.actions(resource.type, resource.name)
             if not set(resource.actions) <= granted and not await public_pull(need):
                 return challenge(request, need, "insufficient_scope")
+            writes = set(resource.actions) & _WRITES
+            if writes and not writes <= await accounts.allowed_actions(
+                claims.subject or None, resource.name
+            ):
+                # A token outlives a removed user, robot or role by up to its lifetime; for
+                # writes the account's rights now are what counts (two indexed lookups), so
+                # removal ends pushes and deletes at once (issue 22, finding 10).
+                return challenge(request, need, "invalid_token")
         request[ACCESS] = TokenAccess(claims.subject or None, claims, accounts)
         return await handler(request)
 

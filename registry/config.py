@@ -29,6 +29,13 @@ class HttpSettings:
     tls_client_ca: str | None = None
     # HOST:PORT of a separate plain-HTTP listener for /metrics (then not served on addr).
     metrics_addr: str | None = None
+    # Slow clients (dockyard/ops/serve.py): seconds to deliver a request's headers, seconds a
+    # request body may stop moving, seconds an idle kept-alive connection stays open, and the
+    # most connections served at once (0: the descriptor limit less a reserve).
+    header_timeout: float = 20.0
+    body_idle_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 0
 
 
 @dataclass

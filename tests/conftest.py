@@ -37,8 +37,13 @@ def dockyard_factory(tmp_path: Path) -> Iterator:
     """Start servers with a given TOML config: `dockyard_factory(config_text, name="data")`."""
     started: list[DockyardServer] = []
 
-    def start(config_text: str = "", name: str = "data", env: dict | None = None) -> DockyardServer:
-        server = DockyardServer(tmp_path / name, config_text, env).start()
+    def start(
+        config_text: str = "",
+        name: str = "data",
+        env: dict | None = None,
+        args: tuple[str, ...] = (),
+    ) -> DockyardServer:
+        server = DockyardServer(tmp_path / name, config_text, env, args).start()
         started.append(server)
         return server
 

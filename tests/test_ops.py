@@ -337,7 +337,11 @@ async def test_json_access_log_line_per_request(shared: DockyardServer) -> None:
 
 
 def test_text_format_level_and_unknown_key_warning(dockyard_factory: Factory) -> None:
-    text = dockyard_factory('[log]\nformat = "text"\n[http]\nshutdown_timout = 5\n', name="text")
+    text = dockyard_factory(
+        '[log]\nformat = "text"\n[http]\nshutdown_timout = 5\n',
+        name="text",
+        args=("--allow-unknown-config",),  # without it serve refuses (tests/test_hardening_ops)
+    )
     urllib.request.urlopen(f"{text.url}/v2/_catalog", timeout=10).read()
     poll(lambda: "GET /v2/_catalog" in text.log(), "the access line")
     line = next(x for x in text.log().splitlines() if "GET /v2/_catalog" in x)

@@ -93,6 +93,25 @@ HTTP = {
         "HOST:PORT of a separate plain-HTTP listener for /metrics (and /healthz, /readyz); "
         "/metrics then leaves the main port.",
     ),
+    "header_timeout": (
+        "float",
+        "Seconds a connection has to deliver a request's headers (from connecting, or from the "
+        "first byte of the next request); later: 408 and the connection is closed. 0 disables.",
+    ),
+    "body_idle_timeout": (
+        "float",
+        "Seconds a request body may stop moving before 408 and close; a slow upload that keeps "
+        "sending is never cut. 0 disables.",
+    ),
+    "keepalive_timeout": (
+        "float",
+        "Seconds an idle kept-alive connection stays open between requests.",
+    ),
+    "max_connections": (
+        "int",
+        "Connections served at once per process; one more gets 503 UNAVAILABLE with "
+        "Retry-After and is closed. 0: the open-file limit (ulimit -n) less 228.",
+    ),
 }
 STORAGE = {
     "driver": ("string", "`filesystem` (blobs under the data directory) or `s3`."),
@@ -193,7 +212,13 @@ AUTH = (
     Key("enabled", "bool", "Require Bearer tokens on /v2/ and serve /auth/token.", False),
     Key("issuer", "string", "`iss` of issued tokens (and the only one accepted).", "dockyard"),
     Key("service", "string", "`aud`/service name clients ask tokens for.", "dockyard"),
-    Key("token_lifetime", "int", "Seconds an access token lives.", 300),
+    Key(
+        "token_lifetime",
+        "int",
+        "Seconds an access token lives. Removing a user, robot or role ends its pushes and "
+        "deletes at once (checked on every write); its pulls may go on until the token expires.",
+        300,
+    ),
     Key("algorithm", "string", "Token signature: `ES256` or `RS256`.", "ES256"),
     Key(
         "private_key",
@@ -211,8 +236,45 @@ AUTH = (
         "url",
         "Token endpoint announced in challenges (unset: /auth/token on the host the client used).",
     ),
-    Key("failed_login_limit", "int", "Failed logins per account and address before lockout.", 5),
-    Key("failed_login_window", "int", "Seconds the failed-login count covers.", 300),
+    Key(
+        "failed_login_limit",
+        "int",
+        "Failed logins for one account from one address before that address may not try that "
+        "account (429) until the window moves on; other addresses are not affected.",
+        5,
+    ),
+    Key("failed_login_window", "int", "Seconds the failed-login counts cover.", 300),
+    Key(
+        "failed_login_source_limit",
+        "int",
+        "Failed logins from one address, for any accounts, before that address may not log in.",
+        30,
+    ),
+    Key(
+        "failed_login_tarpit",
+        "float",
+        "Seconds a refused (429) login waits before it is answered, slowing floods.",
+        1.0,
+    ),
+    Key(
+        "hash_workers",
+        "int",
+        "Threads hashing passwords (scrypt), apart from storage I/O; 0: half the CPUs.",
+        0,
+    ),
+    Key(
+        "hash_rate",
+        "float",
+        "Password hashes per second for the whole process (unknown names count too); 0: "
+        "unlimited.",
+        20.0,
+    ),
+    Key(
+        "hash_max_wait",
+        "float",
+        "Seconds a login may wait for its hash; past it 503 with Retry-After.",
+        2.0,
+    ),
     Key(
         "refresh_token_lifetime", "int", "Seconds a refresh token lives; 0 never expires.", 2592000
     ),

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
+from dockyard.core.cliargs import repository_arg
 from dockyard.core.sql import Database
 from registry.events.config import NotificationSettings
 from registry.events.outbox import STATUSES, EventOutbox
@@ -66,7 +67,9 @@ def register(
     p_list.add_argument("--endpoint", help="only deliveries to this endpoint")
     p_list.add_argument("--status", choices=STATUSES, help="only deliveries in this state")
     p_list.add_argument("--event", help="only deliveries of this event id")
-    p_list.add_argument("--repository", help="only events of this repository")
+    p_list.add_argument(
+        "--repository", type=repository_arg, help="only events of this repository"
+    )
     p_list.add_argument("--limit", type=int, default=100)
     p_list.add_argument("--json", action="store_true", help="print JSON")
     p_list.set_defaults(func=lambda args: _run(settings_for, args, _list))

@@ -23,8 +23,15 @@ def _metadata_url(config_text: str) -> str | None:
 
 
 class DockyardServer:
-    def __init__(self, data_dir: Path, config_text: str = "", env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        config_text: str = "",
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self.data_dir = data_dir
+        self.args = tuple(args)  # extra `dockyard serve` arguments
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
@@ -51,6 +58,7 @@ class DockyardServer:
                 str(self.data_dir),
                 "--addr",
                 self.host,
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
