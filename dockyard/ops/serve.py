@@ -20,7 +20,6 @@ file descriptor until the process runs out and every client times out. The event
 from __future__ import annotations
 
 import asyncio
-import typing
 import contextlib
 import json
 import logging
@@ -28,6 +27,7 @@ import resource
 import signal
 import ssl
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
