@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from auth.schema import STEPS as AUTH_STEPS
+from dockyard.cluster import STEPS as CLUSTER_STEPS
 from dockyard.core.leases import STEPS as LEASE_STEPS
 from dockyard.core.sql import Database, describe_url, open_database
 from registry.config import Config
@@ -37,6 +38,7 @@ COMPONENTS: dict[str, Sequence[str]] = {
     "events": EVENT_STEPS,
     "auth": AUTH_STEPS,
     "leases": LEASE_STEPS,
+    "cluster": CLUSTER_STEPS,
 }
 BATCH = 1000
 PROGRESS_TABLE = """
