@@ -588,6 +588,15 @@ async def _import_deliveries(
                 )
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An old file that cannot be read (damaged, not round 1's) is named in the error."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise LegacyError(f"{path}: {exc}") from exc
+
+
 def _rename(path: Path, report: ImportReport) -> None:
     """Mark a file imported: `x.db` → `x.db.imported`, with its WAL files if any remain (so
     the renamed copy still opens with everything it held)."""
@@ -610,18 +619,24 @@ async def import_legacy(
     await _migrate(db)
     if layout.index is not None:
         out(f"importing {layout.index}")
-        await _import_index(db, layout.index, report)
-    # Sizes of blobs a link may lack a row for: from the index (imported or not yet renamed).
-    sizes = _index_sizes(layout.index)
+        with _naming(layout.index):
+            await _import_index(db, layout.index, report)
+            # Sizes for links that lack a held row (see _import_blobs).
+            sizes = _index_sizes(layout.index)
+    else:
+        sizes = {}
     for name, path in layout.customers:
         out(f"importing customer {name} ({path})")
-        await _import_customer(db, name, path, sizes, report)
+        with _naming(path):
+            await _import_customer(db, name, path, sizes, report)
     if layout.accounts is not None:
         out(f"importing {layout.accounts}")
-        await _import_accounts(db, layout.accounts, report)
+        with _naming(layout.accounts):
+            await _import_accounts(db, layout.accounts, report)
     if layout.events is not None:
         out(f"importing {layout.events}")
-        await _import_events(db, layout.events, report)
+        with _naming(layout.events):
+            await _import_events(db, layout.events, report)
     # Only now, with every transaction committed: a failure above leaves every file in place
     # and the next run finds what was committed.
     for path in layout.files():
