@@ -32,6 +32,8 @@ from registry.config import Config
 from registry.events.schema import STEPS as EVENT_STEPS
 from registry.metadata.schema import STEPS as REGISTRY_STEPS
 
+from . import legacy
+
 # Every component that keeps tables in the state store, with its migration steps.
 COMPONENTS: dict[str, Sequence[str]] = {
     "registry": REGISTRY_STEPS,
@@ -264,7 +266,9 @@ class Migration:
 
 
 def register(sub: argparse._SubParsersAction, common: Callable, config_from: Callable) -> None:
-    meta = sub.add_parser("metadata", help="the metadata store: move it to PostgreSQL")
+    meta = sub.add_parser(
+        "metadata", help="the metadata store: move it to PostgreSQL, import a round-1 layout"
+    )
     commands = meta.add_subparsers(dest="metadata_command", required=True, metavar="COMMAND")
     p = commands.add_parser(
         "migrate",
@@ -276,6 +280,7 @@ def register(sub: argparse._SubParsersAction, common: Callable, config_from: Cal
     p.add_argument("--to", required=True, metavar="URL", help="postgresql://USER:PASSWORD@HOST/DB")
     p.add_argument("--verify", action="store_true", help="compare counts and checksums after it")
     p.set_defaults(func=lambda args: cmd_migrate(config_from(args), args))
+    legacy.register(commands, common, config_from)
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
