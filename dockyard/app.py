@@ -16,6 +16,7 @@ from auth.config import AuthSettings
 from auth.service import create_auth
 from dockyard.core.errors import Unauthorized, error_response
 from dockyard.core.oci import customer_of
+from launcher.api import add_routes as add_launcher_routes
 from launcher.config import LauncherSettings
 from launcher.service import Launcher
 from registry.app import make_registry, setup_registry
@@ -38,7 +39,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def launcher_settings(config: Config) -> LauncherSettings:
-    return LauncherSettings.from_dict(config.section("launcher"), config.data_dir)
+    return LauncherSettings.from_dict(config.section("launcher"), config.data_dir,
+                                      database_url=config.section("metadata").get("url"))
 
 
 def _repo_ref(image: str) -> str:
@@ -163,7 +165,7 @@ def setup_launcher(app: web.Application, config: Config) -> None:
             await outbox.publish(deployment_event(event, default_customer))
 
     launcher = Launcher(settings, on_deployment, on_placement=record_placement)
-    launcher.add_routes(app)
+    add_launcher_routes(app, launcher)
 
     async def consume() -> None:
         while True:

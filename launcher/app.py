@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from launcher.api import add_routes
 from launcher.config import LauncherSettings
 from launcher.service import DeploymentListener, Launcher
 
@@ -24,5 +25,5 @@ def make_app(settings: LauncherSettings,
         await launcher.close()
 
     app.cleanup_ctx.append(lifecycle)
-    launcher.add_routes(app)
+    add_routes(app, launcher)
     return app
