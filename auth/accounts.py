@@ -7,18 +7,14 @@ customer matching one of its glob patterns. Anonymous callers may pull public re
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import hashlib
 import json
-import pathlib
 import re
 import time
 from dataclasses import dataclass
 
-import aiosqlite
-
-from auth import db as schema
+from auth import passwords
 from auth.names import (
     check_customer,
     check_user,
@@ -27,8 +23,10 @@ from auth.names import (
     parse_robot,
     robot_name,
 )
-from auth.passwords import dummy_hash, generate_secret, hash_secret, verify_secret
+from auth.passwords import dummy_hash, generate_secret
+from auth.schema import STEPS
 from auth.scope import is_repository_name
+from dockyard.core.sql import Database, IntegrityError
 
 ROLES: dict[str, frozenset[str]] = {
     "reader": frozenset({"pull"}),
@@ -78,24 +76,23 @@ class _Robot:
 
 
 class Accounts:
-    def __init__(self, conn: aiosqlite.Connection, default_customer: str) -> None:
-        self._db = conn
+    """The accounts, in the state store's `auth_` tables (the database is the caller's)."""
+
+    def __init__(self, db: Database, default_customer: str) -> None:
+        self._db = db
         self.default_customer = default_customer
 
     @classmethod
-    async def open(cls, path: pathlib.Path, default_customer: str) -> Accounts:
+    async def open(cls, db: Database, default_customer: str) -> Accounts:
         check_customer(default_customer)
-        conn = await schema.connect(path)
-        accounts = cls(conn, default_customer)
+        await db.migrate("auth", STEPS)
         # The default customer always exists, so `user add --customer library` works at once.
-        await conn.execute(
-            "INSERT OR IGNORE INTO customers (name, created_at) VALUES (?, ?)",
+        await db.execute(
+            "INSERT INTO auth_customers (name, created_at) VALUES (?, ?) "
+            "ON CONFLICT (name) DO NOTHING",
             (default_customer, int(time.time())),
         )
-        return accounts
-
-    async def close(self) -> None:
-        await self._db.close()
+        return cls(db, default_customer)
 
     # -- customers -----------------------------------------------------------------------------
 
@@ -103,54 +100,49 @@ class Accounts:
         check_customer(name)
         try:
             await self._db.execute(
-                "INSERT INTO customers (name, created_at) VALUES (?, ?)", (name, int(time.time()))
+                "INSERT INTO auth_customers (name, created_at) VALUES (?, ?)",
+                (name, int(time.time())),
             )
-        except aiosqlite.IntegrityError as exc:
+        except IntegrityError as exc:
             raise AccountError(f"customer {name} already exists") from exc
 
     async def list_customers(self) -> list[str]:
-        async with self._db.execute("SELECT name FROM customers ORDER BY name") as cur:
-            return [row[0] async for row in cur]
+        rows = await self._db.fetchall("SELECT name FROM auth_customers ORDER BY name")
+        return [row[0] for row in rows]
 
     async def customer_exists(self, name: str) -> bool:
-        async with self._db.execute("SELECT 1 FROM customers WHERE name = ?", (name,)) as cur:
-            return await cur.fetchone() is not None
+        row = await self._db.fetchone("SELECT 1 FROM auth_customers WHERE name = ?", (name,))
+        return row is not None
 
     async def remove_customer(self, name: str) -> None:
         """Remove a customer with its memberships, robots and public marks (the registry's
         content of that customer is not touched)."""
         if name == self.default_customer:
             raise AccountError(f"{name} is the default customer and cannot be removed")
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            cur = await self._db.execute("DELETE FROM customers WHERE name = ?", (name,))
-            if cur.rowcount == 0:
+        async with self._db.transaction() as tx:
+            if not await tx.execute("DELETE FROM auth_customers WHERE name = ?", (name,)):
                 raise AccountError(f"customer {name} does not exist")
-            await self._db.execute(
-                "DELETE FROM refresh_tokens WHERE subject LIKE ? ESCAPE '\\'",
+            await tx.execute(
+                "DELETE FROM auth_refresh_tokens WHERE subject LIKE ? ESCAPE '\\'",
                 (_like_prefix(f"robot${name}+"),),
             )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
 
     # -- users ---------------------------------------------------------------------------------
 
     async def user_exists(self, name: str) -> bool:
-        async with self._db.execute("SELECT 1 FROM users WHERE name = ?", (name,)) as cur:
-            return await cur.fetchone() is not None
+        row = await self._db.fetchone("SELECT 1 FROM auth_users WHERE name = ?", (name,))
+        return row is not None
 
     async def create_user(self, name: str, password: str) -> None:
         check_user(name)
         _check_password(password)
-        hashed = await asyncio.to_thread(hash_secret, password)
+        hashed = await passwords.pool().hash(password)
         try:
             await self._db.execute(
-                "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)",
+                "INSERT INTO auth_users (name, password_hash, created_at) VALUES (?, ?, ?)",
                 (name, hashed, int(time.time())),
             )
-        except aiosqlite.IntegrityError as exc:
+        except IntegrityError as exc:
             raise AccountError(f"user {name} already exists") from exc
 
     async def set_role(self, user: str, customer: str, role: str) -> None:
@@ -161,63 +153,53 @@ class Accounts:
         if not await self.user_exists(user):
             raise AccountError(f"user {user} does not exist")
         await self._db.execute(
-            "INSERT INTO memberships (user, customer, role) VALUES (?, ?, ?) "
-            "ON CONFLICT (user, customer) DO UPDATE SET role = excluded.role",
+            "INSERT INTO auth_memberships (username, customer, role) VALUES (?, ?, ?) "
+            "ON CONFLICT (username, customer) DO UPDATE SET role = excluded.role",
             (user, customer, role),
         )
 
     async def remove_role(self, user: str, customer: str) -> None:
-        cur = await self._db.execute(
-            "DELETE FROM memberships WHERE user = ? AND customer = ?", (user, customer)
+        removed = await self._db.execute(
+            "DELETE FROM auth_memberships WHERE username = ? AND customer = ?", (user, customer)
         )
-        if cur.rowcount == 0:
+        if not removed:
             raise AccountError(f"user {user} has no role in customer {customer}")
 
     async def set_password(self, name: str, password: str) -> None:
         """Change a password; the user's refresh tokens stop working (a stolen one included)."""
         _check_password(password)
-        hashed = await asyncio.to_thread(hash_secret, password)
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            cur = await self._db.execute(
-                "UPDATE users SET password_hash = ? WHERE name = ?", (hashed, name)
+        hashed = await passwords.pool().hash(password)
+        async with self._db.transaction() as tx:
+            updated = await tx.execute(
+                "UPDATE auth_users SET password_hash = ? WHERE name = ?", (hashed, name)
             )
-            if cur.rowcount == 0:
+            if not updated:
                 raise AccountError(f"user {name} does not exist")
-            await self._db.execute("DELETE FROM refresh_tokens WHERE subject = ?", (name,))
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
+            await tx.execute("DELETE FROM auth_refresh_tokens WHERE subject = ?", (name,))
 
     async def remove_user(self, name: str) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            cur = await self._db.execute("DELETE FROM users WHERE name = ?", (name,))
-            if cur.rowcount == 0:
+        async with self._db.transaction() as tx:
+            if not await tx.execute("DELETE FROM auth_users WHERE name = ?", (name,)):
                 raise AccountError(f"user {name} does not exist")
-            await self._db.execute("DELETE FROM refresh_tokens WHERE subject = ?", (name,))
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
+            await tx.execute("DELETE FROM auth_refresh_tokens WHERE subject = ?", (name,))
 
     async def list_users(self, customer: str | None = None) -> list[UserInfo]:
         query = (
-            "SELECT u.name, m.customer, m.role FROM users u "
-            "LEFT JOIN memberships m ON m.user = u.name "
+            "SELECT u.name, m.customer, m.role FROM auth_users u "
+            "LEFT JOIN auth_memberships m ON m.username = u.name "
         )
         params: tuple[str, ...] = ()
         if customer is not None:
-            query += "WHERE u.name IN (SELECT user FROM memberships WHERE customer = ?) "
+            query += (
+                "WHERE u.name IN (SELECT username FROM auth_memberships WHERE customer = ?) "
+            )
             params = (customer,)
         query += "ORDER BY u.name, m.customer"
         users: dict[str, dict[str, str]] = {}
-        async with self._db.execute(query, params) as cur:
-            async for name, member_of, role in cur:
-                roles = users.setdefault(name, {})
-                if member_of is not None:
-                    roles[member_of] = role
+        for name, member_of, role in await self._db.fetchall(query, params):
+            roles = users.setdefault(name, {})
+            if member_of is not None:
+                roles[member_of] = role
         return [UserInfo(name, roles) for name, roles in users.items()]
 
     # -- robots --------------------------------------------------------------------------------
@@ -239,10 +221,11 @@ class Accounts:
         if not await self.customer_exists(customer):
             raise AccountError(f"customer {customer} does not exist (add it first)")
         secret = generate_secret()
-        hashed = await asyncio.to_thread(hash_secret, secret)
+        hashed = await passwords.pool().hash(secret)
         try:
             await self._db.execute(
-                "INSERT INTO robots (name, customer, secret_hash, patterns, actions, created_at) "
+                "INSERT INTO auth_robots "
+                "(name, customer, secret_hash, patterns, actions, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     name,
@@ -253,34 +236,27 @@ class Accounts:
                     int(time.time()),
                 ),
             )
-        except aiosqlite.IntegrityError as exc:
+        except IntegrityError as exc:
             raise AccountError(f"robot {name} already exists") from exc
         return name, secret
 
     async def list_robots(self, customer: str | None = None) -> list[RobotInfo]:
-        query = "SELECT name, customer, patterns, actions FROM robots"
+        query = "SELECT name, customer, patterns, actions FROM auth_robots"
         params: tuple[str, ...] = ()
         if customer is not None:
             query += " WHERE customer = ?"
             params = (customer,)
         query += " ORDER BY name"
-        async with self._db.execute(query, params) as cur:
-            return [
-                RobotInfo(name, cust, tuple(json.loads(p)), tuple(json.loads(a)))
-                async for name, cust, p, a in cur
-            ]
+        return [
+            RobotInfo(name, cust, tuple(json.loads(p)), tuple(json.loads(a)))
+            for name, cust, p, a in await self._db.fetchall(query, params)
+        ]
 
     async def remove_robot(self, name: str) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            cur = await self._db.execute("DELETE FROM robots WHERE name = ?", (name,))
-            if cur.rowcount == 0:
+        async with self._db.transaction() as tx:
+            if not await tx.execute("DELETE FROM auth_robots WHERE name = ?", (name,)):
                 raise AccountError(f"robot {name} does not exist")
-            await self._db.execute("DELETE FROM refresh_tokens WHERE subject = ?", (name,))
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
+            await tx.execute("DELETE FROM auth_refresh_tokens WHERE subject = ?", (name,))
 
     # -- public repositories -------------------------------------------------------------------
 
@@ -292,27 +268,28 @@ class Accounts:
             if not await self.customer_exists(customer):
                 raise AccountError(f"customer {customer} does not exist (add it first)")
             await self._db.execute(
-                "INSERT OR IGNORE INTO public_repositories (name, customer, created_at) "
-                "VALUES (?, ?, ?)",
+                "INSERT INTO auth_public_repositories (name, customer, created_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
                 (repository, customer, int(time.time())),
             )
         else:
-            await self._db.execute("DELETE FROM public_repositories WHERE name = ?", (repository,))
+            await self._db.execute(
+                "DELETE FROM auth_public_repositories WHERE name = ?", (repository,)
+            )
 
     async def is_public(self, repository: str) -> bool:
-        async with self._db.execute(
-            "SELECT 1 FROM public_repositories WHERE name = ?", (repository,)
-        ) as cur:
-            return await cur.fetchone() is not None
+        row = await self._db.fetchone(
+            "SELECT 1 FROM auth_public_repositories WHERE name = ?", (repository,)
+        )
+        return row is not None
 
     async def list_public(self, customer: str | None = None) -> list[str]:
-        query = "SELECT name FROM public_repositories"
+        query = "SELECT name FROM auth_public_repositories"
         params: tuple[str, ...] = ()
         if customer is not None:
             query += " WHERE customer = ?"
             params = (customer,)
-        async with self._db.execute(query + " ORDER BY name", params) as cur:
-            return [row[0] async for row in cur]
+        return [row[0] for row in await self._db.fetchall(query + " ORDER BY name", params)]
 
     # -- authentication ------------------------------------------------------------------------
 
@@ -320,19 +297,18 @@ class Accounts:
         """The subject for valid credentials (a user's password or a robot's secret), else None.
         An unknown name costs one scrypt like a wrong password does."""
         if parse_robot(username):
-            query = "SELECT secret_hash FROM robots WHERE name = ?"
+            query = "SELECT secret_hash FROM auth_robots WHERE name = ?"
         else:
-            query = "SELECT password_hash FROM users WHERE name = ?"
-        async with self._db.execute(query, (username,)) as cur:
-            row = await cur.fetchone()
+            query = "SELECT password_hash FROM auth_users WHERE name = ?"
+        row = await self._db.fetchone(query, (username,))
         stored = row[0] if row else dummy_hash()
-        ok = await asyncio.to_thread(verify_secret, secret, stored)
+        ok = await passwords.pool().verify(secret, stored)
         return username if ok and row else None
 
     async def subject_exists(self, subject: str) -> bool:
         if parse_robot(subject):
-            async with self._db.execute("SELECT 1 FROM robots WHERE name = ?", (subject,)) as cur:
-                return await cur.fetchone() is not None
+            row = await self._db.fetchone("SELECT 1 FROM auth_robots WHERE name = ?", (subject,))
+            return row is not None
         return await self.user_exists(subject)
 
     # -- authorization -------------------------------------------------------------------------
@@ -352,10 +328,10 @@ class Accounts:
                 allowed |= robot.actions_on(repository, self.default_customer)
             return allowed
         customer = customer_of(repository, self.default_customer)
-        async with self._db.execute(
-            "SELECT role FROM memberships WHERE user = ? AND customer = ?", (subject, customer)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone(
+            "SELECT role FROM auth_memberships WHERE username = ? AND customer = ?",
+            (subject, customer),
+        )
         if row is not None:
             allowed |= ROLES[row[0]]
         return allowed
@@ -366,10 +342,9 @@ class Accounts:
         return bool(subject) and await self.subject_exists(subject)  # type: ignore[arg-type]
 
     async def _robot(self, name: str) -> _Robot | None:
-        async with self._db.execute(
-            "SELECT customer, patterns, actions FROM robots WHERE name = ?", (name,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetchone(
+            "SELECT customer, patterns, actions FROM auth_robots WHERE name = ?", (name,)
+        )
         if row is None:
             return None
         return _Robot(row[0], tuple(json.loads(row[1])), frozenset(json.loads(row[2])))
@@ -382,11 +357,18 @@ class Accounts:
         token = generate_secret()
         now = int(time.time())
         await self._db.execute(
-            "INSERT INTO refresh_tokens "
+            "INSERT INTO auth_refresh_tokens "
             "(token_hash, subject, service, client_id, created_at, expires_at, last_used_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (_token_hash(token), subject, service, client_id[:200], now,
-             now + lifetime if lifetime else None, now),
+            (
+                _token_hash(token),
+                subject,
+                service,
+                client_id[:200],
+                now,
+                now + lifetime if lifetime else None,
+                now,
+            ),
         )
         return token
 
@@ -395,30 +377,29 @@ class Accounts:
         its expiry nor its account."""
         if not token or len(token) > 256:
             return None
-        async with self._db.execute(
-            "SELECT subject, service, expires_at FROM refresh_tokens WHERE token_hash = ?",
+        row = await self._db.fetchone(
+            "SELECT subject, service, expires_at FROM auth_refresh_tokens WHERE token_hash = ?",
             (_token_hash(token),),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             return None
-        subject, token_service, expires_at = row
+        subject, token_service, expires_at = row[0], row[1], row[2]
         now = int(time.time())
         if token_service != service or (expires_at is not None and expires_at <= now):
             return None
         if not await self.subject_exists(subject):
             return None
         await self._db.execute(
-            "UPDATE refresh_tokens SET last_used_at = ? WHERE token_hash = ?",
+            "UPDATE auth_refresh_tokens SET last_used_at = ? WHERE token_hash = ?",
             (now, _token_hash(token)),
         )
         return subject
 
     async def revoke_refresh_token(self, token: str) -> bool:
-        cur = await self._db.execute(
-            "DELETE FROM refresh_tokens WHERE token_hash = ?", (_token_hash(token),)
+        removed = await self._db.execute(
+            "DELETE FROM auth_refresh_tokens WHERE token_hash = ?", (_token_hash(token),)
         )
-        return cur.rowcount > 0
+        return removed > 0
 
 
 def _check_password(password: str) -> None:

@@ -6,25 +6,31 @@ files) and points its challenge at this service with `[auth] realm`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from auth.challenge import JWKS_PATH, TOKEN_PATH
 from auth.config import AuthSettings
 from auth.service import Auth, create_auth
+from dockyard.core.http import client_gone_middleware
+from dockyard.core.sql import Database
 
 AUTH_KEY = web.AppKey("dockyard_auth", Auth)
 
 
-def make_token_app(settings: AuthSettings, default_customer: str = "library") -> web.Application:
-    app = web.Application()
+def make_token_app(
+    settings: AuthSettings, default_customer: str, open_state: Callable[[], Awaitable[Database]]
+) -> web.Application:
+    app = web.Application(middlewares=[client_gone_middleware])
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        auth = await create_auth(settings, default_customer)
-        app[AUTH_KEY] = auth
-        yield
-        await auth.close()
+        db = await open_state()
+        try:
+            app[AUTH_KEY] = await create_auth(settings, default_customer, db)
+            yield
+        finally:
+            await db.close()
 
     app.cleanup_ctx.append(lifecycle)
 

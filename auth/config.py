@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ALGORITHMS = ("ES256", "RS256")
@@ -24,18 +24,22 @@ class AuthSettings:
     public_keys: tuple[pathlib.Path, ...] = ()
     # None: the token endpoint of this server as the client reached it (Host + scheme).
     realm: str | None = None
+    # Failures per (address, account), and per address for any accounts, within the window
+    # (auth/throttle.py); refusals are answered after `failed_login_tarpit` seconds.
     failed_login_limit: int = 5
     failed_login_window: int = 300  # seconds
+    failed_login_source_limit: int = 30
+    failed_login_tarpit: float = 1.0
+    # The scrypt pool (auth/passwords.py): threads (0: half the CPUs), hashes per second for
+    # the whole process (0: no rate budget), and the longest a login waits for its turn.
+    hash_workers: int = 0
+    hash_rate: float = 20.0
+    hash_max_wait: float = 2.0
     refresh_token_lifetime: int = 30 * 24 * 3600  # seconds; 0 = never expires
     # How long after its expiry a push token may still finish an upload session it started.
     upload_grace: int = 24 * 3600
     # Tolerated clock difference between token service and registry when checking exp/nbf.
     clock_skew: int = 5
-    accounts_db: pathlib.Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "accounts_db", self.auth_dir / "accounts.db")
-
     @property
     def auth_dir(self) -> pathlib.Path:
         return self.data_dir / "auth"
@@ -52,7 +56,8 @@ class AuthSettings:
         known = {
             "enabled", "issuer", "service", "token_lifetime", "algorithm", "private_key",
             "public_keys", "realm", "failed_login_limit", "failed_login_window",
-            "refresh_token_lifetime", "upload_grace", "clock_skew",
+            "refresh_token_lifetime", "upload_grace", "clock_skew", "failed_login_source_limit",
+            "failed_login_tarpit", "hash_workers", "hash_rate", "hash_max_wait",
         }
         unknown = sorted(set(section) - known)
         if unknown:
@@ -70,9 +75,14 @@ class AuthSettings:
             ("refresh_token_lifetime", 0),
             ("upload_grace", 0),
             ("clock_skew", 0),
+            ("failed_login_source_limit", 1),
+            ("hash_workers", 0),
         ):
             if key in section:
                 kw[key] = _int(section, key, minimum)
+        for key in ("failed_login_tarpit", "hash_rate", "hash_max_wait"):
+            if key in section:
+                kw[key] = _float(section, key)
         if "algorithm" in section:
             alg = section["algorithm"]
             if alg not in ALGORITHMS:
@@ -120,3 +130,15 @@ def _int(section: dict[str, Any], key: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"[auth] {key} must be an integer >= {minimum}")
     return value
+
+
+def _float(section: dict[str, Any], key: str) -> float:
+    value = section[key]
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"[auth] {key} must be a number >= 0")
+    return float(value)

@@ -4,22 +4,29 @@ anonymous), `POST /auth/token` (docker-auth-oauth.md, password and refresh_token
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import hdrs, web
+from multidict import MultiDict
 
 from auth.accounts import Accounts
 from auth.config import AuthSettings
 from auth.grants import grant_access
 from auth.keys import VerificationKey, jwks_document
+from auth.passwords import PasswordBusy
 from auth.scope import Resource, ScopeError, format_scopes, parse_scopes
 from auth.throttle import LoginThrottle
 from auth.tokens import TokenIssuer
+from dockyard.core.errors import PayloadTooLarge
+from dockyard.core.http import read_body
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-MAX_FORM_BYTES = 64 * 1024
+MAX_FORM_BYTES = 64 * 1024  # of bytes read, whatever Content-Length says (chunked too)
+MAX_FORM_FIELDS = 256
 
 
 class TokenEndpoint:
@@ -59,7 +66,7 @@ class TokenEndpoint:
             account = query.get("account")
             if account and account != login:
                 return _error(400, "invalid_request", "account does not match the credentials")
-            outcome = await self._login(login, password)
+            outcome = await self._login(request, login, password)
             if isinstance(outcome, web.Response):
                 return outcome
             subject = outcome
@@ -73,15 +80,21 @@ class TokenEndpoint:
     async def post_token(self, request: web.Request) -> web.Response:
         if request.content_type != "application/x-www-form-urlencoded":
             return _error(400, "invalid_request", "expected an x-www-form-urlencoded form")
-        if (request.content_length or 0) > MAX_FORM_BYTES:
-            return _error(400, "invalid_request", "form too large")
-        form = await request.post()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        try:
+            raw = await read_body(request, MAX_FORM_BYTES, what="form")
+        except PayloadTooLarge as exc:
+            response = _error(413, "invalid_request", exc.message)
+            response.force_close()  # the rest of the body is not read
+            return response
+        form = parse_form(raw)
+        if form is None:
+            return _error(400, "invalid_request", "the form is not UTF-8 x-www-form-urlencoded")
+        fields = dict(form.items())
         service = fields.get("service") or self._settings.service
         if service != self._settings.service:
             return _error(400, "invalid_request", f"unknown service {service[:100]!r}")
         try:
-            requested = parse_scopes(v for v in form.getall("scope", []) if isinstance(v, str))
+            requested = parse_scopes(form.getall("scope", []))
         except ScopeError as exc:
             return _error(400, "invalid_scope", str(exc))
         grant_type = fields.get("grant_type")
@@ -89,7 +102,7 @@ class TokenEndpoint:
             username, password = fields.get("username"), fields.get("password")
             if not username or password is None:
                 return _error(400, "invalid_request", "username and password are required")
-            outcome = await self._login(username, password)
+            outcome = await self._login(request, username, password)
             if isinstance(outcome, web.Response):
                 return outcome
             subject = outcome
@@ -111,22 +124,36 @@ class TokenEndpoint:
             return await self._respond(found, requested, refresh_token)
         return _error(400, "unsupported_grant_type", "grant_type must be password or refresh_token")
 
-    async def _login(self, username: str, password: str) -> str | web.Response:
-        retry_after = self._throttle.retry_after(username)
+    async def _login(
+        self, request: web.Request, username: str, password: str
+    ) -> str | web.Response:
+        source = request.remote or ""
+        retry_after = self._throttle.retry_after(source, username)
         if retry_after is not None:
+            # Refused before any hashing, and late: a closed-loop flood from one address gets
+            # one answer per connection per tarpit instead of thousands per second.
+            await asyncio.sleep(self._throttle.tarpit)
             return _error(
                 429,
                 "too_many_requests",
-                "too many failed logins for this account; try again later",
+                "too many failed logins from this address; try again later",
                 {"Retry-After": str(retry_after)},
             )
         # Counted before the check so that many concurrent guesses cannot all slip in under the
-        # limit while their hashes are computed; a success clears the count.
-        self._throttle.failed(username)
-        subject = await self._accounts.authenticate(username, password)
+        # limit while their hashes are computed; a success clears the (address, account) count.
+        self._throttle.failed(source, username)
+        try:
+            subject = await self._accounts.authenticate(username, password)
+        except PasswordBusy as exc:
+            return _error(
+                503,
+                "temporarily_unavailable",
+                "too many logins at once; try again shortly",
+                {"Retry-After": str(exc.retry_after)},
+            )
         if subject is None:
             return _error(401, "invalid_grant", "incorrect username or password")
-        self._throttle.succeeded(username)
+        self._throttle.succeeded(source, username)
         return subject
 
     async def _respond(
@@ -144,6 +171,22 @@ class TokenEndpoint:
         if refresh_token:
             body["refresh_token"] = refresh_token
         return web.json_response(body, headers=NO_STORE)
+
+
+def parse_form(raw: bytes) -> MultiDict[str] | None:
+    """An x-www-form-urlencoded body as a multidict (repeated `scope` fields are kept), or None
+    when it is not UTF-8 or has too many fields."""
+    try:
+        pairs = parse_qsl(
+            raw.decode("utf-8"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return MultiDict(pairs)
 
 
 def parse_basic(header: str) -> tuple[str, str] | None:
@@ -165,7 +208,12 @@ def _error(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     # Both shapes: OAuth2 clients read `error`, the docker client reads `errors` (errcode).
-    registry_code = {401: "UNAUTHORIZED", 429: "TOOMANYREQUESTS"}.get(status, "UNSUPPORTED")
+    registry_code = {
+        401: "UNAUTHORIZED",
+        413: "SIZE_INVALID",
+        429: "TOOMANYREQUESTS",
+        503: "UNAVAILABLE",
+    }.get(status, "UNSUPPORTED")
     body = {
         "error": code,
         "error_description": message,

@@ -37,7 +37,8 @@ class VerificationKey:
 
     def jwk(self) -> dict[str, Any]:
         algorithm = ECAlgorithm if self.alg == "ES256" else RSAAlgorithm
-        jwk: dict[str, Any] = algorithm.to_jwk(self.public_key, as_dict=True)
+        # pyjwt's overloads name one key class per algorithm; alg was checked when the key loaded.
+        jwk: dict[str, Any] = algorithm.to_jwk(self.public_key, as_dict=True)  # type: ignore[call-overload]
         jwk.update(kid=self.kid, alg=self.alg, use="sig")
         return jwk
 
@@ -118,7 +119,7 @@ def _load_public_keys(path: pathlib.Path) -> list[PublicKey]:
         if b"CERTIFICATE" in data:
             found = [cert.public_key() for cert in x509.load_pem_x509_certificates(data)]
         else:
-            found = [serialization.load_pem_public_key(data)]
+            found = [serialization.load_pem_public_key(data)]  # type: ignore[list-item]  # checked below
     except ValueError as exc:
         raise KeyFileError(f"cannot load public key {path}: {exc}") from exc
     for key in found:

@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quiet-logs", action="store_true",
                    help="turn off per-request logging in both registries (default: each "
                         "as shipped, access log on)")
+    p.add_argument("--pg", action="store_true",
+                   help="customers: also run dockyard on PostgreSQL metadata ([metadata] url) "
+                        "against a private cluster the bench starts")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
     for opt in ("only", "skip"):
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     reps = args.reps or (1 if args.quick else 3)
     load_seconds = args.load_seconds or (2.0 if args.quick else 3.0)
-    scenarios = [s for s in all_scenarios(args.quick, args.only)
+    scenarios = [s for s in all_scenarios(args.quick, args.only, pg=args.pg)
                  if (not args.only or s.name in args.only) and s.name not in args.skip]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = RESULTS / stamp
@@ -141,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             # A callback runs after the context entered next to it has exited.
             log(t0, f"work dir {work}; starting dockyard and the reference registry")
             stack.callback(log, t0, "dockyard stopped")
+            dockyard_config = DOCKYARD_QUIET if args.quiet_logs else ""
             dy = stack.enter_context(dockyard(
-                work, shlex.split(args.dockyard_args), DOCKYARD_QUIET if args.quiet_logs else ""))
+                work, shlex.split(args.dockyard_args), dockyard_config))
             stack.callback(log, t0, "reference stopped")
             ref = stack.enter_context(reference(args.quiet_logs))
             log(t0, f"dockyard {dy.url} (pid {dy.pid}), reference {ref.url} (pid {ref.pid})")
@@ -154,13 +158,16 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(
                 targets={DOCKYARD: dy, REFERENCE: ref}, work=work, results_dir=out_dir,
                 reps=reps, quick=args.quick, load_seconds=load_seconds, profiler=profiler,
+                dockyard_args=shlex.split(args.dockyard_args), dockyard_config=dockyard_config,
+                quiet_logs=args.quiet_logs,
             )
             skipped, failed, durations = run_scenarios(bench, scenarios, t0)
             log(t0, "stopping servers")
         meta = {
             "started": stamp, "git": _git_rev(), "reps": reps, "quick": args.quick,
             "load_seconds": load_seconds, "dockyard_args": args.dockyard_args,
-            "quiet_logs": args.quiet_logs, "profiled": args.profile, "cpus": os.cpu_count(),
+            "quiet_logs": args.quiet_logs, "profiled": args.profile, "pg": args.pg,
+            "cpus": os.cpu_count(),
             "loadavg_end": os.getloadavg(), "total_seconds": time.monotonic() - t0,
             "scenario_seconds": durations,
         }

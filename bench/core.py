@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from . import procs
 from .servers import DOCKYARD, REFERENCE, Target
 
 MiB = 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,15 +32,38 @@ class Row:
     # The target: a ratio bound ("ratio") or an absolute check of dockyard's median.
     target: str = ""
     check: Callable[[float, float | None], bool] | None = None  # (dockyard, reference) -> ok
+    # What the two columns hold: by default dockyard's and the reference's samples of `phase`.
+    # A row may compare other sides, e.g. dockyard against the raw object store ("raw", from
+    # the phase "S3 raw PUT"), a second dockyard configuration against the first, or a phase
+    # under attack against the same phase without it; `check` then gets (left, right).
+    left: str = DOCKYARD
+    right: str = REFERENCE
+    right_phase: str | None = None  # default: `phase`
+
+    @property
+    def default_sides(self) -> bool:
+        return self.left == DOCKYARD and self.right == REFERENCE and self.right_phase is None
+
+    @property
+    def sides_label(self) -> str:
+        right = self.right if self.right_phase is None else f"{self.right}: {self.right_phase}"
+        return f"{self.left} vs {right}"
 
 
-def ratio_target(row_higher: bool) -> Callable[[float, float | None], bool]:
+def ratio_target(row_higher: bool, bound: float = 1.0) -> Callable[[float, float | None], bool]:
+    """dockyard/reference ≥ bound (higher is better) or ≤ bound (lower is better)."""
+
     def check(dy: float, ref: float | None) -> bool:
         if ref is None or ref == 0:
             return False
-        return dy / ref >= 1.0 if row_higher else dy / ref <= 1.0
+        return dy / ref >= bound if row_higher else dy / ref <= bound
 
     return check
+
+
+def alternate(items: list[T], rep: int) -> list[T]:
+    """`items` in even repetitions, reversed in odd ones (as `Bench.order` does for two)."""
+    return list(items) if rep % 2 == 0 else list(items)[::-1]
 
 
 @dataclass
@@ -76,6 +101,11 @@ class Bench:
     client_pids: list[int] = field(default_factory=list)
     # Inputs shared by several scenarios (the fixture image), made once.
     shared: dict[str, object] = field(default_factory=dict)
+    # How the run's dockyard was started, for scenarios that start their own (S3, auth, …):
+    # `--dockyard-args` and the base config text (quiet logs), and whether logs are quiet.
+    dockyard_args: list[str] = field(default_factory=list)
+    dockyard_config: str = ""
+    quiet_logs: bool = False
 
     def order(self, rep: int) -> list[Target]:
         """Alternate which registry goes first, so warm caches and drift favour neither."""

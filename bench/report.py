@@ -31,8 +31,9 @@ def cell(s: dict[str, float] | None) -> str:
 
 def row_result(bench: Bench, row: Row) -> dict[str, Any]:
     samples = bench.samples.get((row.phase, row.key))
-    dy = summary(samples.values.get(DOCKYARD, [])) if samples else None
-    ref = summary(samples.values.get(REFERENCE, [])) if samples else None
+    right_samples = bench.samples.get((row.right_phase or row.phase, row.key))
+    dy = summary(samples.values.get(row.left, [])) if samples else None
+    ref = summary(right_samples.values.get(row.right, [])) if right_samples else None
     ratio = dy["median"] / ref["median"] if dy and ref and ref["median"] else None
     meets = None
     if row.check is not None and dy is not None:
@@ -42,6 +43,9 @@ def row_result(bench: Bench, row: Row) -> dict[str, Any]:
         "higher_is_better": row.higher_is_better, "target": row.target,
         "dockyard": dy, "reference": ref, "ratio": ratio, "meets_target": meets,
         "samples": samples.values if samples else {},
+        # Which samples fill the "dockyard" and "reference" columns of this row.
+        "left": row.left, "right": row.right, "right_phase": row.right_phase or row.phase,
+        "sides": "" if row.default_sides else row.sides_label,
     }
 
 
@@ -65,8 +69,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "—"
         meets = {True: "yes", False: "**NO**", None: ""}[r["meets_target"]]
+        metric = r["metric"] + (f" [columns: {r['sides']}]" if r.get("sides") else "")
         lines.append(
-            f"| {r['phase']} | {r['metric']} | {cell(r['dockyard'])} | {cell(r['reference'])} "
+            f"| {r['phase']} | {metric} | {cell(r['dockyard'])} | {cell(r['reference'])} "
             f"| {ratio} | {'higher' if r['higher_is_better'] else 'lower'} | {r['target']} "
             f"| {meets} |"
         )
@@ -85,5 +90,13 @@ def cpu_table(bench: Bench) -> str:
             d = by_target.get(name, {})
             for key in ("server_s", "client_s", "wall_s"):
                 cells.append(cell(summary(d.get(key, []))))
-        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+        if DOCKYARD in by_target or REFERENCE in by_target:
+            lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+        # Other sides (the raw object store, a second dockyard configuration): one line each,
+        # in the left-hand columns.
+        for name, d in by_target.items():
+            if name in (DOCKYARD, REFERENCE):
+                continue
+            own = [cell(summary(d.get(key, []))) for key in ("server_s", "client_s", "wall_s")]
+            lines.append(f"| {phase} [{name}] | " + " | ".join(own) + " | — | — | — |")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.net import free_port, wait_http
 from tests.support.reference import reference_registry
@@ -50,9 +51,13 @@ def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 @contextlib.contextmanager
 def dockyard(
-    workdir: Path, extra_args: list[str], config_text: str = "", name: str = "dockyard"
+    workdir: Path, extra_args: list[str], config_text: str = "", name: str = "dockyard",
+    target_name: str = DOCKYARD,
 ) -> Iterator[Target]:
-    """`dockyard serve` with the default (filesystem) configuration and `extra_args` appended."""
+    """`dockyard serve` with the default (filesystem) configuration and `extra_args` appended.
+
+    `name` names its files in `workdir`; `target_name` is the side it reports as (a second
+    dockyard configuration reports as e.g. "dockyard-pg")."""
     data = workdir / f"{name}-data"
     data.mkdir(parents=True)
     config = workdir / f"{name}.toml"
@@ -75,7 +80,7 @@ def dockyard(
         except Exception as exc:
             tail = log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"dockyard did not start ({exc}); log:\n{tail}") from None
-        yield Target(DOCKYARD, url, proc.pid, data, log_path)
+        yield Target(target_name, url, proc.pid, data, log_path)
     finally:
         stop_pid(proc)
 
@@ -92,11 +97,28 @@ REFERENCE_QUIET = {"log": {"level": "warn", "accesslog": {"disabled": True}}}
 DOCKYARD_QUIET = '[log]\nlevel = "warning"\naccess_log = false\n'
 
 
+def _overlay(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge like merge_config but keep None values, so that the helper's own merge over
+    its defaults still removes those keys."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 @contextlib.contextmanager
-def reference(quiet_logs: bool = False) -> Iterator[Target]:
-    config = {**REFERENCE_CONFIG, **(REFERENCE_QUIET if quiet_logs else {})}
+def reference(
+    quiet_logs: bool = False, extra: dict[str, Any] | None = None, name: str = REFERENCE
+) -> Iterator[Target]:
+    """The reference registry as shipped; `extra` is deep-merged over it (see merge_config:
+    `{"storage": {"filesystem": None, "s3": {…}}}` swaps the storage driver)."""
+    config = _overlay({**REFERENCE_CONFIG, **(REFERENCE_QUIET if quiet_logs else {})},
+                      extra or {})
     with reference_registry(config) as ref:
-        yield Target(REFERENCE, ref.url, ref.pid, ref.root, ref.log_path)
+        yield Target(name, ref.url, ref.pid, ref.root, ref.log_path)
 
 
 def make_workdir() -> Path:

@@ -1,7 +1,9 @@
 """Drive Debian's `wrk` (C, epoll) so the load generator is not the bottleneck.
 
 A generated Lua script sets the method and headers and prints one JSON line with requests,
-bytes, errors and latency percentiles when the run is done.
+bytes, errors and latency percentiles when the run is done. With `paths`, each request takes
+the next path of the list (round robin, each wrk thread starting elsewhere), so load
+can be spread over many repositories.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ WRK = "/usr/bin/wrk"
 SCRIPT = """
 wrk.method = {method}
 {headers}
+{paths}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -53,6 +56,25 @@ def _lua(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# Round robin over `paths`; wrk.format(nil, path) keeps wrk.method and wrk.headers.
+PATHS = """
+paths = {{{items}}}
+local i = 0
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("offset", threads * 7919)
+end
+init = function(args)
+  i = (offset or 0) % #paths
+end
+request = function()
+  i = i % #paths + 1
+  return wrk.format(nil, paths[i])
+end
+"""
+
+
 def run_wrk(
     url: str,
     *,
@@ -62,12 +84,16 @@ def run_wrk(
     headers: dict[str, str] | None = None,
     threads: int = 2,
     timeout_s: int = 30,
+    paths: list[str] | None = None,
 ) -> WrkResult:
+    """`paths` (absolute paths on the host of `url`): spread the requests over them; a one-item
+    list costs the same Lua per request, for a like-for-like comparison with a spread list."""
+    paths_lua = PATHS.format(items=", ".join(_lua(x) for x in paths)) if paths else ""
     header_lines = "\n".join(
         f"wrk.headers[{_lua(k)}] = {_lua(v)}" for k, v in (headers or {}).items()
     )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(SCRIPT.format(method=_lua(method), headers=header_lines))
+        f.write(SCRIPT.format(method=_lua(method), headers=header_lines, paths=paths_lua))
         script = f.name
     try:
         proc = subprocess.run(

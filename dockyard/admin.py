@@ -9,23 +9,31 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from dockyard.core.cliargs import customer_arg
+from dockyard.core.leases import Leases
 from registry.app import make_registry
 from registry.config import Config, ConfigError, parse_size
 from registry.gc import GarbageCollector, GcBusy
 from registry.service import Registry
 from registry.usage import human, usage_report
 
+from .state import open_state
+
 
 @asynccontextmanager
 async def opened_registry(config: Config) -> AsyncIterator[Registry]:
-    registry = make_registry(config)
-    await registry.store.start()
-    await registry.meta.start()
+    db = await open_state(config)
     try:
-        yield registry
+        registry = make_registry(config, db)
+        await registry.store.start()
+        await registry.meta.open()
+        try:
+            yield registry
+        finally:
+            await registry.blobs.drain()
+            await registry.store.close()
     finally:
-        await registry.meta.close()
-        await registry.store.close()
+        await db.close()
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
@@ -42,7 +50,7 @@ def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
 def cmd_usage(config: Config, args: argparse.Namespace) -> int:
     async def work() -> list[dict]:
         async with opened_registry(config) as registry:
-            return await usage_report(registry, args.customer)
+            return await usage_report(registry.meta, registry.quotas, args.customer)
 
     rows = asyncio.run(work())
     if args.customer and not rows:
@@ -81,12 +89,17 @@ def cmd_usage(config: Config, args: argparse.Namespace) -> int:
 def cmd_quota(config: Config, args: argparse.Namespace) -> int:
     async def work() -> int:
         async with opened_registry(config) as registry:
-            meta = await registry.meta.customer(args.customer)
-            if args.quota_command == "set":
-                await meta.set_quota(parse_size(args.size))
-            elif args.quota_command == "clear":
-                await meta.set_quota(None)
-            quota = await registry.quota(args.customer)
+            tenants = registry.meta.tenants
+            if args.quota_command == "show":
+                tenant = await tenants.find(args.customer)
+                quota = await registry.quotas.of(tenant) if tenant else None
+                if tenant is None:
+                    quota = registry.quotas.configured.get(args.customer)
+            else:
+                tenant = await tenants.ensure(args.customer)
+                size = parse_size(args.size) if args.quota_command == "set" else None
+                await tenants.set_quota(tenant, size)
+                quota = await registry.quotas.of(tenant)
             print(f"{args.customer}: {human(quota) if quota is not None else 'no quota'}")
             return 0
 
@@ -115,7 +128,15 @@ def cmd_gc(config: Config, args: argparse.Namespace) -> int:
         async with opened_registry(config) as registry:
             from .app import gc_hooks
 
-            collector = GarbageCollector(registry, gc_hooks(config))
+            leases = await Leases(registry.meta.db, "dockyard-cli").open()
+            collector = GarbageCollector(
+                registry.settings,
+                registry.gc,
+                registry.store,
+                registry.meta,
+                leases,
+                gc_hooks(config),
+            )
             return await collector.run(
                 dry_run=args.dry_run, customer=args.customer, progress=progress
             )
@@ -147,25 +168,27 @@ def register(sub: argparse._SubParsersAction, common, config_from) -> None:
         parser.set_defaults(func=lambda args: func(config_from(args), args))
 
     p = sub.add_parser("usage", help="storage used, shared and saved per customer")
-    p.add_argument("customer", nargs="?")
+    p.add_argument("customer", nargs="?", type=customer_arg)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     leaf(p, cmd_usage)
 
     quota = sub.add_parser("quota", help="per-customer storage quotas")
     qs = quota.add_subparsers(dest="quota_command", required=True)
     p = qs.add_parser("set", help="set a customer's quota, e.g. 10GiB")
-    p.add_argument("customer")
+    p.add_argument("customer", type=customer_arg)
     p.add_argument("size")
     leaf(p, cmd_quota)
     p = qs.add_parser("show", help="show a customer's quota")
-    p.add_argument("customer")
+    p.add_argument("customer", type=customer_arg)
     leaf(p, cmd_quota)
     p = qs.add_parser("clear", help="remove the quota set by this command")
-    p.add_argument("customer")
+    p.add_argument("customer", type=customer_arg)
     leaf(p, cmd_quota)
 
     p = sub.add_parser("gc", help="collect unreferenced manifests and blobs (online)")
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
-    p.add_argument("--customer", help="only this customer's metadata (no blob sweep)")
+    p.add_argument(
+        "--customer", type=customer_arg, help="only this customer's metadata (no blob sweep)"
+    )
     p.add_argument("--json", action="store_true")
     leaf(p, cmd_gc)

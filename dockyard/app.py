@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,25 +15,35 @@ from aiohttp import web
 from auth.config import AuthSettings
 from auth.service import create_auth
 from dockyard.core.errors import Unauthorized, error_response
+from dockyard.core.leases import Leases
 from dockyard.core.oci import customer_of
+from dockyard.core.sql import Database
 from launcher.api import add_routes as add_launcher_routes
 from launcher.config import LauncherSettings
 from launcher.service import Launcher
 from registry.app import make_registry, setup_registry
 from registry.authz import make_auth_middleware
 from registry.config import Config
-from registry.events import NotificationSettings, RegistryEvent, RequestRecord, open_events
+from registry.events import (
+    EventOutbox,
+    NotificationSettings,
+    RegistryEvent,
+    RequestRecord,
+    open_events,
+)
 from registry.events.admin import add_admin_routes
-from registry.gc import InUseHook
-from registry.metrics import record_deployment_event, record_placement
-from registry.service import Change, Registry
+from registry.gc import GarbageCollector, InUseHook
+from registry.metrics import NODE_INFO, record_deployment_event, record_placement
+from registry.service import Registry
 from registry.usage import usage_report
 
+from .cluster import Node
 from .ops import setup_ops
+from .state import open_state
 
 log = logging.getLogger("dockyard")
 
-OUTBOX = web.AppKey("outbox", object)
+OUTBOX = web.AppKey("outbox", EventOutbox)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,27 +82,17 @@ def gc_hooks(config: Config) -> list[InUseHook]:
 
 
 def auth_settings(config: Config) -> AuthSettings:
-    return AuthSettings.from_dict(config.section("auth"), config.data_dir)
+    settings = AuthSettings.from_dict(config.section("auth"), config.data_dir)
+    if settings.realm is None and config.http.public_url:
+        # Clients see [http] public_url, never an echo of their own Host header (DESIGN.md;
+        # issue 22, finding 9): the challenge's realm is the token endpoint under it.
+        realm = config.http.public_url.rstrip("/") + "/auth/token"
+        settings = dataclasses.replace(settings, realm=realm)
+    return settings
 
 
 def notification_settings(config: Config) -> NotificationSettings:
     return NotificationSettings.from_dict(config.section("notifications"))
-
-
-def to_event(change: Change, base_url: str) -> RegistryEvent:
-    o = change.origin
-    return RegistryEvent(
-        action=change.action,
-        customer=change.customer,
-        repository=change.repository,
-        digest=change.digest,
-        media_type=change.media_type,
-        size=change.size,
-        tag=change.tag,
-        url=f"{base_url}/v2/{change.repository}/manifests/{change.digest}",
-        request=RequestRecord(o.request_id, o.addr, o.host, o.method, o.useragent),
-        actor=o.subject,
-    )
 
 
 def admin_guard(token: str | None, auth_enabled: bool) -> Callable:
@@ -109,23 +109,18 @@ def admin_guard(token: str | None, auth_enabled: bool) -> Callable:
     return guard
 
 
-def setup_events(app: web.Application, config: Config, registry: Registry) -> None:
+def setup_events(
+    app: web.Application, config: Config, registry: Registry, db: Database, node: Node
+) -> None:
     settings = notification_settings(config)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
-        outbox = await open_events(
-            config.data_dir, settings, source_addr=config.http.addr, instance_id=uuid.uuid4().hex
-        )
-        base_url = f"http://{config.http.addr}"
-
-        async def publish(change: Change) -> None:
-            host = change.origin.host or config.http.addr
-            await outbox.publish(to_event(change, f"http://{host}" if host else base_url))
-
-        registry.listeners.append(publish)
+        outbox = await open_events(db, settings, source_addr=config.http.addr, instance_id=node.id)
+        registry.manifests.events = outbox
         add_admin_routes(app, outbox)
         app[OUTBOX] = outbox
-        await outbox.start()
+        if node.runs("dispatcher"):
+            await outbox.start()
         yield
         await outbox.close()
 
@@ -150,9 +145,11 @@ def deployment_event(event: dict[str, Any], default_customer: str) -> RegistryEv
     )
 
 
-def setup_launcher(app: web.Application, config: Config) -> None:
+def setup_launcher(app: web.Application, config: Config, db: Database, leases: Leases) -> None:
     """Push-to-deploy in process: fed from the durable outbox, so no push is missed across
-    restarts; its deployment state changes go back out through the same outbox."""
+    restarts; its deployment state changes go back out through the same outbox. Its tables live
+    in the registry's database, and it acts on engines only while holding the "launcher" lease,
+    so on a cluster exactly one node reconciles while every node answers its API."""
     settings = launcher_settings(config)
     if not settings.enabled:
         return
@@ -164,7 +161,7 @@ def setup_launcher(app: web.Application, config: Config) -> None:
         if outbox is not None:
             await outbox.publish(deployment_event(event, default_customer))
 
-    launcher = Launcher(settings, on_deployment, on_placement=record_placement)
+    launcher = Launcher(settings, on_deployment, on_placement=record_placement, db=db)
     add_launcher_routes(app, launcher)
 
     async def consume() -> None:
@@ -180,7 +177,8 @@ def setup_launcher(app: web.Application, config: Config) -> None:
                 await asyncio.sleep(1)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
-        await launcher.start()
+        await leases.open()  # idempotent; the launcher's lifecycle may run before open_leases
+        await launcher.start(leases=leases)
         consumer = asyncio.create_task(consume(), name="launcher-events")
         yield
         consumer.cancel()
@@ -196,7 +194,7 @@ def add_usage_routes(app: web.Application, registry: Registry) -> None:
 
     async def usage(request: web.Request) -> web.StreamResponse:
         customer = request.match_info.get("customer")
-        rows = await usage_report(registry, customer)
+        rows = await usage_report(registry.meta, registry.quotas, customer)
         if customer is not None:
             if not rows:
                 raise web.HTTPNotFound(text=f"no customer {customer}")
@@ -209,24 +207,40 @@ def add_usage_routes(app: web.Application, registry: Registry) -> None:
 
 async def build_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    registry = make_registry(config)
+    db = await open_state(config)
+
+    async def close_state(_: web.Application) -> None:
+        await db.close()
+
+    app.on_cleanup.append(close_state)
+    registry = make_registry(config, db)
     setup_registry(app, registry)
 
     settings = auth_settings(config)
     admin_token = config.section("admin").get("token")
     app.middlewares.append(admin_guard(admin_token, settings.enabled))
     if settings.enabled:
-        auth = await create_auth(settings, config.registry.default_customer)
+        auth = await create_auth(settings, config.registry.default_customer, db)
         auth.add_routes(app)
-        app.middlewares.append(make_auth_middleware(auth, settings, registry.upload_owner))
-
-        async def close_auth(_: web.Application) -> None:
-            await auth.close()
-
-        app.on_cleanup.append(close_auth)
-    setup_events(app, config, registry)
-    setup_launcher(app, config)
+        app.middlewares.append(make_auth_middleware(auth, settings, registry.uploads.owner))
+    node = Node(db, config.cluster, config.http.public_url or f"http://{config.http.addr}")
+    NODE_INFO.info({"node": node.name, "id": node.id, "roles": ",".join(sorted(node.roles))})
+    app.cleanup_ctx.append(node.lifecycle())
+    setup_events(app, config, registry, db, node)
+    leases = Leases(db, node.id)
+    if node.runs("launcher"):
+        setup_launcher(app, config, db, leases)
     add_usage_routes(app, registry)
+    if not node.runs("gc"):
+        config.gc.interval_seconds = 0  # `dockyard gc` still works on any node
+    collector = GarbageCollector(
+        registry.settings, registry.gc, registry.store, registry.meta, leases, gc_hooks(config)
+    )
+
+    async def open_leases(_: web.Application) -> None:
+        await leases.open()
+
+    app.on_startup.append(open_leases)
     # /healthz, /readyz, /metrics, read-only mode, periodic GC (dockyard/ops).
-    setup_ops(app, config, registry, outbox=lambda: app.get(OUTBOX), gc_hooks=gc_hooks(config))
+    setup_ops(app, config, registry, db, collector, outbox=lambda: app.get(OUTBOX))
     return app

@@ -12,6 +12,7 @@ import difflib
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from registry.config import SECTIONS as TYPED_SECTIONS
 from registry.config import Config, ConfigError, load_config, parse_size
 
+from .cluster import roles_of
 from .logs import check_settings as check_log
 from .ops.schema import SCHEMA, TOP_LEVEL, Section, apply_env
 
@@ -66,7 +68,7 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         hint = eval(
             hint,
             {"__builtins__": {}},
-            {"str": str, "int": int, "float": float, "bool": bool, "None": None},
+            {"str": str, "int": int, "float": float, "bool": bool, "None": None, "list": list},
         )
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for option in options:
@@ -80,6 +82,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
             return True
         if option is str and isinstance(value, str):
             return True
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            return all(_type_ok(v, item) for v in value)
     return False
 
 
@@ -123,6 +128,12 @@ def _semantic_problems(config: Config) -> list[str]:
     if config.http.workers < 1:
         problems.append("http.workers: must be at least 1")
     problems += check_log(config.log)
+    try:
+        roles_of(config.cluster)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if config.cluster.heartbeat_seconds <= 0:
+        problems.append("cluster.heartbeat_seconds: must be positive")
     return problems
 
 
@@ -133,7 +144,7 @@ def _owner_problems(config: Config) -> list[str]:
     from registry.events import NotificationSettings
 
     problems = []
-    parsers = {
+    parsers: dict[str, Callable[[dict[str, Any]], object]] = {
         "auth": lambda t: AuthSettings.from_dict(t, config.data_dir),
         "notifications": NotificationSettings.from_dict,
         "launcher": lambda t: LauncherSettings.from_dict(t, config.data_dir),
@@ -142,7 +153,7 @@ def _owner_problems(config: Config) -> list[str]:
         if name not in config.raw:
             continue
         try:
-            parse(config.section(name))
+            parse(dict(config.section(name) or {}))
         except Exception as exc:  # each part raises its own error type; all mean "invalid"
             message = str(exc)
             problems.append(message if name in message else f"[{name}] {message}")
@@ -157,8 +168,10 @@ def _owner_problems(config: Config) -> list[str]:
     return problems
 
 
-def check_config(config: Config) -> list[str]:
-    """Every problem of a loaded configuration, as one line each (empty: valid)."""
+def unknown_entries(config: Config) -> list[str]:
+    """Sections and keys of the file that no part reads, one line each with the closest known
+    name. `dockyard serve` refuses to start on any of them (a typo such as `[metadta]` would
+    otherwise silently run on defaults)."""
     known_top = {k.name for k in TOP_LEVEL} | set(SCHEMA)
     problems = []
     for key, value in config.raw.items():
@@ -167,11 +180,18 @@ def check_config(config: Config) -> list[str]:
         if key not in known_top:
             kind = "section" if isinstance(value, dict) else "key"
             problems.append(f"unknown {kind} {key}{_suggest(key, sorted(known_top))}")
-        elif key in SCHEMA and not isinstance(value, dict):
-            problems.append(f"{key}: expected a table ([{key}])")
     for name, section in SCHEMA.items():
         if isinstance(config.raw.get(name), dict):
             problems += _unknown_keys(section, config.raw[name])
+    return problems
+
+
+def check_config(config: Config) -> list[str]:
+    """Every problem of a loaded configuration, as one line each (empty: valid)."""
+    problems = unknown_entries(config)
+    for key, value in config.raw.items():
+        if key in SCHEMA and not isinstance(value, dict):
+            problems.append(f"{key}: expected a table ([{key}])")
     problems += _typed_problems(config)
     problems += _semantic_problems(config)
     problems += _owner_problems(config)

@@ -9,11 +9,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 from auth import cli as auth_cli
 from auth.config import AuthSettings
+from dockyard.core.sql import Database
 from launcher import cli as launcher_cli
 from launcher.config import LauncherSettings
 from registry.config import Config, ConfigError, load_config
@@ -21,13 +21,15 @@ from registry.events import NotificationSettings
 from registry.events import cli as events_cli
 from registry.storage import StorageError
 
-from . import admin, checkconfig
+from . import admin, checkconfig, cluster, migrate
 from .logs import ACCESS_LOGGER, AccessLogger, setup_logging
 from .ops.schema import apply_env
-from .ops.serve import run_server
+from .ops.serve import ConnectionGuard, run_server
 from .ops.tls import server_ssl_context
+from .state import describe_state, open_state
 
 log = logging.getLogger("dockyard")
+StateOpener = Callable[[], Awaitable[Database]]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +63,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import build_app
 
     config = config_from(args)
+    cluster.roles_of(config.cluster)  # a typo in [cluster] roles stops here, not in a worker
     setup_logging(config.log)
-    for key in config.raw.get("_unknown", []):
-        log.warning("unknown configuration key %s (ignored; see dockyard check-config)", key)
+    # A typo (`[metadta]`, `tls_crt`) would otherwise start the server on defaults: refuse,
+    # naming every unknown entry, unless the operator says the file is meant for a newer version.
+    unknown = checkconfig.unknown_entries(config)
+    if unknown and not args.allow_unknown_config:
+        for entry in unknown:
+            print(f"dockyard: {entry}", file=sys.stderr)
+        print(
+            "dockyard: refusing to start with unknown configuration (see `dockyard check-config`;"
+            " --allow-unknown-config starts anyway and ignores them)",
+            file=sys.stderr,
+        )
+        return 2
+    for entry in unknown:
+        log.warning("%s (ignored: --allow-unknown-config)", entry)
     if args.addr:
         config.http.addr = args.addr
     if args.insecure:
@@ -92,14 +107,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     scheme = "https" if ssl_context else "http"
     log.info(
-        "serving on %s://%s:%d (data %s, %d worker%s)",
+        "serving on %s://%s:%d (data %s, metadata %s, %d worker%s)",
         scheme,
         host,
         port,
         config.data_dir,
+        describe_state(config),
         workers,
         "" if workers == 1 else "s",
-        extra={"event": "listening", "url": f"{scheme}://{host}:{port}", "workers": workers},
+        extra={
+            "event": "listening",
+            "url": f"{scheme}://{host}:{port}",
+            "workers": workers,
+            "metadata": describe_state(config),
+        },
     )
 
     def serve(primary: bool) -> None:
@@ -115,6 +136,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log_class=AccessLogger,
             shutdown_timeout=config.http.shutdown_timeout,
             reuse_port=workers > 1,
+            guard=ConnectionGuard(
+                header_timeout=config.http.header_timeout,
+                body_idle_timeout=config.http.body_idle_timeout,
+                max_connections=config.http.max_connections,
+            ),
+            keepalive_timeout=config.http.keepalive_timeout,
         )
 
     if workers == 1:
@@ -156,20 +183,19 @@ def supervise(workers: int, serve: Callable[[bool], None]) -> int:
             pid, raw = os.wait()
         except ChildProcessError:
             break
-        index = children.pop(pid, None)
+        exited: int | None = children.pop(pid) if pid in children else None
         code = os.waitstatus_to_exitcode(raw)
         if code != 0:
-            log.error("worker %s exited with %d; stopping the others", index, code)
+            log.error("worker %s exited with %d; stopping the others", exited, code)
             status = status or 1
             forward(signal.SIGTERM, None)
     return status
 
 
-def auth_settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str]:
+def auth_settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str, StateOpener]:
     config = config_from(args)
-    return AuthSettings.from_dict(config.section("auth"), config.data_dir), (
-        config.registry.default_customer
-    )
+    settings = AuthSettings.from_dict(config.section("auth"), config.data_dir)
+    return settings, config.registry.default_customer, lambda: open_state(config)
 
 
 def launcher_settings_for(args: argparse.Namespace) -> LauncherSettings:
@@ -178,9 +204,10 @@ def launcher_settings_for(args: argparse.Namespace) -> LauncherSettings:
                                       database_url=config.section("metadata").get("url"))
 
 
-def events_settings_for(args: argparse.Namespace) -> tuple[Path, NotificationSettings]:
+def events_settings_for(args: argparse.Namespace) -> tuple[StateOpener, NotificationSettings]:
     config = config_from(args)
-    return config.data_dir, NotificationSettings.from_dict(config.section("notifications"))
+    settings = NotificationSettings.from_dict(config.section("notifications"))
+    return lambda: open_state(config), settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,11 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow listening on a non-loopback address without authentication",
     )
+    serve.add_argument(
+        "--allow-unknown-config",
+        action="store_true",
+        help="start even if the config has sections or keys no part reads (they are ignored)",
+    )
     serve.set_defaults(func=cmd_serve)
     auth_cli.register(sub, auth_settings_for)
     admin.register(sub, _common, config_from)
     events_cli.register(sub, events_settings_for)
     launcher_cli.register(sub, launcher_settings_for)
+    migrate.register(sub, _common, config_from)
+    cluster.register(sub, _common, config_from)
     checkconfig.register(sub)
     return parser
 

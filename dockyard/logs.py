@@ -17,6 +17,7 @@ from typing import IO, Any
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from dockyard.core.oci import customer_of
 from registry.access import ACCESS
 from registry.config import ConfigError, LogSettings
 from registry.handlers.base import REGISTRY, REQUEST_ID
@@ -119,7 +120,7 @@ def request_fields(request: BaseRequest) -> dict[str, Any]:
         name, registry = None, None
     if name and registry is not None:
         fields["repository"] = name
-        fields["customer"] = registry.customer(name)
+        fields["customer"] = customer_of(name, registry.settings.default_customer)
     subject = getattr(request.get(ACCESS), "subject", None)
     if subject:
         fields["user"] = subject

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from dockyard.core.errors import ApiError, InternalError, Unavailable, error_response
+from dockyard.core.http import read_body
 from dockyard.core.sql import DatabaseUnavailable
 from launcher.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from launcher.events import MAX_ENVELOPE_BYTES, authorized
@@ -55,12 +56,8 @@ def _public_fields(item: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _body(request: web.Request, limit: int = MAX_BODY) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise InvalidRequest(f"body larger than {limit} bytes")
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise InvalidRequest(f"body larger than {limit} bytes")
-    return data
+    # Every byte that arrives counts (chunked bodies too), not only Content-Length: 413 beyond.
+    return await read_body(request, limit)
 
 
 async def _json_body(request: web.Request) -> Any:

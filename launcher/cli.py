@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dockyard.core.cliargs import repository_arg
 from launcher.config import LauncherSettings
 
 DEFAULT_URL = "http://127.0.0.1:5000"
@@ -414,7 +415,7 @@ def register(subparsers: Any, settings_for: SettingsFor) -> argparse.ArgumentPar
     leaf(svcs, "show", "show a service and its tasks").add_argument("name")
     create = leaf(svcs, "create", "create a service")
     create.add_argument("--name", required=True)
-    create.add_argument("--repository", required=True)
+    create.add_argument("--repository", required=True, type=repository_arg)
     create.add_argument("--task-definition", required=True, help="FAMILY or FAMILY:REVISION")
     create.add_argument("--tags", nargs="+", help="tag glob patterns (default *)")
     create.add_argument("--desired-count", type=int, default=1)

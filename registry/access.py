@@ -29,4 +29,4 @@ ACCESS = web.RequestKey("access", object)
 
 
 def access_of(request: web.Request) -> Access:
-    return request.get(ACCESS, ALLOW_ALL)  # type: ignore[return-value]
+    return request.get(ACCESS, ALLOW_ALL)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from dockyard.core.errors import (
     API_VERSION_HEADER,
@@ -17,11 +19,13 @@ from dockyard.core.errors import (
     Unsupported,
     error_response,
 )
+from dockyard.core.sql import Database, DatabaseUnavailable
 
+from . import routes
 from .config import Config, quotas_of
 from .handlers import blobs, discovery, manifests, uploads
 from .handlers.base import REGISTRY, REQUEST_ID
-from .metadata import MetadataStore
+from .metadata import Metadata
 from .metrics import STORAGE_ERRORS, metrics_middleware
 from .service import Registry
 from .storage import StorageError, make_store
@@ -42,14 +46,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         STORAGE_ERRORS.inc()
         log.warning("storage error on %s %s: %s", request.method, request.path, err)
         return error_response(Unavailable(f"storage unavailable: {err}"))
+    except DatabaseUnavailable as err:
+        log.warning("metadata unavailable on %s %s: %s", request.method, request.path, err)
+        return error_response(Unavailable("metadata database unavailable; retry later"))
     except web.HTTPException as exc:
         if not request.path.startswith("/v2/") or exc.status not in (404, 405):
             raise
         if exc.status == 405:
             return error_response(Unsupported(f"{request.method} is not supported here"))
         return error_response(NameUnknown("no such endpoint or repository"))
-    except (ConnectionResetError, web.HTTPClientError):
+    except (ConnectionResetError, RequestPayloadError, web.HTTPClientError):
+        # A client that went away or sent a broken body: answered by
+        # dockyard.core.http.client_gone_middleware, without a traceback.
         raise
+    except OSError as err:
+        if err.errno not in (errno.EMFILE, errno.ENFILE):
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(InternalError("internal error; see the server log"))
+        # Out of file descriptors: the server is overloaded, not broken; nothing was committed.
+        log.warning("out of file descriptors on %s %s", request.method, request.path)
+        return error_response(Unavailable("server overloaded; retry later"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(InternalError("internal error; see the server log"))
@@ -67,34 +83,40 @@ async def api_base(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
+    """The Distribution API's routes, each named: handlers build URLs with `url_for` and the
+    auth middleware reads the scope a route needs from its name (registry/routes.py)."""
     name = "/v2/{name:.+}"
     r = app.router
-    r.add_get("/v2/", api_base)
-    r.add_get("/v2/_catalog", discovery.catalog)
-    r.add_get(name + "/tags/list", discovery.list_tags)
-    r.add_get(name + "/referrers/{digest}", discovery.referrers)
-    r.add_get(name + "/manifests/{reference}", manifests.get_manifest)
-    r.add_put(name + "/manifests/{reference}", manifests.put_manifest)
-    r.add_delete(name + "/manifests/{reference}", manifests.delete_manifest)
-    r.add_post(name + "/blobs/uploads/", uploads.start_upload)
-    r.add_get(name + "/blobs/uploads/{upload_id}", uploads.upload_status)
-    r.add_patch(name + "/blobs/uploads/{upload_id}", uploads.patch_upload)
-    r.add_put(name + "/blobs/uploads/{upload_id}", uploads.put_upload)
-    r.add_delete(name + "/blobs/uploads/{upload_id}", uploads.cancel_upload)
+    r.add_get("/v2/", api_base, name=routes.BASE)
+    r.add_get("/v2/_catalog", discovery.catalog, name=routes.CATALOG)
+    r.add_get(name + "/tags/list", discovery.list_tags, name=routes.TAGS)
+    r.add_get(name + "/referrers/{digest}", discovery.referrers, name=routes.REFERRERS)
+    r.add_get(name + "/manifests/{reference}", manifests.get_manifest, name=routes.MANIFEST_GET)
+    r.add_put(name + "/manifests/{reference}", manifests.put_manifest, name=routes.MANIFEST_PUT)
+    r.add_delete(
+        name + "/manifests/{reference}", manifests.delete_manifest, name=routes.MANIFEST_DELETE
+    )
+    r.add_post(name + "/blobs/uploads/", uploads.start_upload, name=routes.UPLOAD_START)
+    upload = name + "/blobs/uploads/{upload_id}"
+    r.add_get(upload, uploads.upload_status, name=routes.UPLOAD_STATUS)
+    r.add_patch(upload, uploads.patch_upload, name=routes.UPLOAD_PATCH)
+    r.add_put(upload, uploads.put_upload, name=routes.UPLOAD_PUT)
+    r.add_delete(upload, uploads.cancel_upload, name=routes.UPLOAD_CANCEL)
     # HEAD of a blob answers from metadata alone; it must not open the object.
-    r.add_get(name + "/blobs/{digest}", blobs.get_blob, allow_head=False)
-    r.add_head(name + "/blobs/{digest}", blobs.head_blob)
-    r.add_delete(name + "/blobs/{digest}", blobs.delete_blob)
+    blob = name + "/blobs/{digest}"
+    r.add_get(blob, blobs.get_blob, allow_head=False, name=routes.BLOB_GET)
+    r.add_head(blob, blobs.head_blob, name=routes.BLOB_HEAD)
+    r.add_delete(blob, blobs.delete_blob, name=routes.BLOB_DELETE)
 
 
-def make_registry(config: Config) -> Registry:
-    store = make_store(config.storage, config.data_dir)
-    return Registry(
+def make_registry(config: Config, db: Database) -> Registry:
+    return Registry.build(
         config.registry,
-        store,
-        MetadataStore(config.data_dir),
-        gc=config.gc,
+        config.gc,
+        make_store(config.storage, config.data_dir),
+        Metadata(db),
         quotas=quotas_of(config),
+        public_url=config.http.public_url,
     )
 
 
@@ -108,9 +130,9 @@ def setup_registry(app: web.Application, registry: Registry) -> None:
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await registry.store.start()
-        await registry.meta.start()
+        await registry.meta.open()
         yield
-        await registry.meta.close()
+        await registry.blobs.drain()
         await registry.store.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -14,13 +14,13 @@ denied".
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 from auth.accounts import Accounts
 from auth.challenge import bearer_challenge
@@ -29,24 +29,13 @@ from auth.scope import Resource, is_repository_name
 from auth.service import Auth
 from auth.tokens import Claims, TokenError, TokenExpired
 from dockyard.core.errors import API_VERSION_HEADER
+from registry import routes
 from registry.access import ACCESS
 
 UploadOwner = Callable[[str, str], Awaitable[str | None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Fallbacks for requests the router did not resolve (404/405): the same greedy `{name:.+}` the
-# routes use, so the name checked is the name a handler would see.
-_NAMED_PATHS = [
-    re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload>[^/]*)"),
-    re.compile(r"/v2/(?P<name>.+)/blobs/[^/]+"),
-    re.compile(r"/v2/(?P<name>.+)/manifests/[^/]+"),
-    re.compile(r"/v2/(?P<name>.+)/tags/list"),
-    re.compile(r"/v2/(?P<name>.+)/referrers/[^/]+"),
-]
-_UPLOAD_SUFFIX = re.compile(r"/blobs/uploads/(?P<upload>[^/]*)")
-_PULL = ("pull",)
-_PUSH = ("pull", "push")
-
+_WRITES = frozenset({"push", "delete"})
 
 class TokenAccess:
     """What the caller of one request may do; implements the registry's `Access` protocol.
@@ -93,54 +82,33 @@ class InvalidName(Exception):
 
 
 def required_access(request: web.Request) -> Requirement:
-    path = request.path
-    if path in ("/v2", "/v2/"):
-        return Requirement(None)
-    if path == "/v2/_catalog":
+    """What the route the router resolved needs (registry/routes.py). A request no route
+    matches needs any valid token, then gets the router's 404 or 405."""
+    route = request.match_info.route.name or ""
+    if route == routes.CATALOG:
         return Requirement(Resource("registry", "catalog", ("*",)))
-    name, rest = _split_name(request)
-    if name is None:
-        return Requirement(None)  # nothing routable: any valid token, then the router's 404
+    actions = routes.REPOSITORY_ACTIONS.get(route)
+    if actions is None:
+        return Requirement(None)
+    name = request.match_info["name"]
     if not is_repository_name(name):
         raise InvalidName(name)
-    method = request.method
-    upload_match = _UPLOAD_SUFFIX.fullmatch(rest)
-    upload_id = upload_match.group("upload") if upload_match else None
-    if method in (hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_OPTIONS):
-        actions = _PULL
-    elif method == hdrs.METH_DELETE and not upload_id:
-        actions = ("delete",)
-    else:
-        # POST/PUT/PATCH, and DELETE of an upload session (cancelling one's own upload is part
-        # of pushing, not deleting content).
-        actions = _PUSH
+    upload_id = (
+        request.match_info.get("upload_id") if route in routes.UPLOAD_SESSION_ROUTES else None
+    )
     hints: tuple[Resource, ...] = ()
     source = request.query.get("from")
-    if upload_match is not None and not upload_id and source and is_repository_name(source):
+    if route == routes.UPLOAD_START and source and is_repository_name(source):
         # A mount needs no pull on `from` to start: the registry mounts only if the caller may
         # pull the source (Access.can), else it opens a normal upload. The hint lets the
         # client fetch a token covering both.
-        hints = (Resource("repository", source, _PULL),)
-    return Requirement(Resource("repository", name, actions), hints, upload_id or None)
-
-
-def _split_name(request: web.Request) -> tuple[str | None, str]:
-    path = request.path
-    name = request.match_info.get("name")
-    if name:
-        prefix = f"/v2/{name}"
-        if path.startswith(prefix + "/"):
-            return name, path[len(prefix) :]
-    for pattern in _NAMED_PATHS:
-        match = pattern.fullmatch(path)
-        if match:
-            return match.group("name"), path[len("/v2/") + len(match.group("name")) :]
-    return None, ""
+        hints = (Resource("repository", source, routes.PULL),)
+    return Requirement(Resource("repository", name, actions), hints, upload_id)
 
 
 def make_auth_middleware(
     auth: Auth, settings: AuthSettings, upload_owner: UploadOwner
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     accounts = auth.accounts
     verifier = auth.verifier
 
@@ -169,7 +137,7 @@ def make_auth_middleware(
         return (
             resource is not None
             and resource.type == "repository"
-            and resource.actions == _PULL
+            and resource.actions == routes.PULL
             and await accounts.is_public(resource.name)
         )
 
@@ -205,8 +173,15 @@ def make_auth_middleware(
             need = required_access(request)
         except InvalidName:
             return web.json_response(
-                {"errors": [{"code": "NAME_INVALID", "message": "invalid repository name",
-                             "detail": None}]},
+                {
+                    "errors": [
+                        {
+                            "code": "NAME_INVALID",
+                            "message": "invalid repository name",
+                            "detail": None,
+                        }
+                    ]
+                },
                 status=400,
                 headers=API_VERSION_HEADER,
             )
@@ -229,6 +204,14 @@ def make_auth_middleware(
             granted = claims.actions(resource.type, resource.name)
             if not set(resource.actions) <= granted and not await public_pull(need):
                 return challenge(request, need, "insufficient_scope")
+            writes = set(resource.actions) & _WRITES
+            if writes and not writes <= await accounts.allowed_actions(
+                claims.subject or None, resource.name
+            ):
+                # A token outlives a removed user, robot or role by up to its lifetime; for
+                # writes the account's rights now are what counts (two indexed lookups), so
+                # removal ends pushes and deletes at once (issue 22, finding 10).
+                return challenge(request, need, "invalid_token")
         request[ACCESS] = TokenAccess(claims.subject or None, claims, accounts)
         return await handler(request)
 

@@ -16,6 +16,9 @@ from typing import Any
 @dataclass
 class HttpSettings:
     addr: str = "127.0.0.1:5000"
+    # The URL clients reach the registry at (behind a load balancer: its URL). It goes into
+    # webhook target URLs and the auth realm instead of the request's Host header.
+    public_url: str | None = None
     insecure: bool = False
     workers: int = 1
     shutdown_timeout: float = 30.0
@@ -26,6 +29,13 @@ class HttpSettings:
     tls_client_ca: str | None = None
     # HOST:PORT of a separate plain-HTTP listener for /metrics (then not served on addr).
     metrics_addr: str | None = None
+    # Slow clients (dockyard/ops/serve.py): seconds to deliver a request's headers, seconds a
+    # request body may stop moving, seconds an idle kept-alive connection stays open, and the
+    # most connections served at once (0: the descriptor limit less a reserve).
+    header_timeout: float = 20.0
+    body_idle_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 0
 
 
 @dataclass
@@ -39,6 +49,9 @@ class StorageSettings:
     redirect: bool = False
     redirect_expiry: int = 300
     part_size_mib: int = 16
+    # Parts of one upload sent to S3 at once while the next one arrives: an upload holds at
+    # most (parts_in_flight + 1) parts in memory.
+    parts_in_flight: int = 2
     access_key: str | None = None
     secret_key: str | None = None
     create_bucket: bool = False
@@ -54,6 +67,9 @@ class RegistrySettings:
     upload_expiry_seconds: int = 24 * 3600
     # Customer-wide layer dedup: a HEAD/mount in one repository finds blobs in the others.
     customer_dedup: bool = True
+    # Accept manifests whose layers, and indexes whose children, were not pushed (mirroring one
+    # platform of a multi-platform image); what is missing stays missing.
+    sparse_manifests: bool = False
     # Maintenance: reads are served, writes under /v2/ refused (SIGUSR1 toggles at runtime).
     read_only: bool = False
 
@@ -70,6 +86,30 @@ class GcSettings:
 
 
 @dataclass
+class MetadataSettings:
+    # postgresql://USER:PASSWORD@HOST:PORT/DB, or empty for the embedded SQLite in DATA.
+    url: str | None = None
+    pool_size: int = 10
+    connect_timeout: float = 5.0
+    statement_timeout: float = 30.0
+    # SQLite only: "full" (a commit survives power loss) or "normal" (survives a crash).
+    sqlite_synchronous: str = "full"
+
+
+CLUSTER_ROLES = ("api", "dispatcher", "gc", "launcher")
+
+
+@dataclass
+class ClusterSettings:
+    # How this node is named in `dockyard cluster status` and lease owners; default: host name.
+    node_name: str = ""
+    # What this node runs besides the API: webhook dispatcher, periodic GC, launcher.
+    roles: list[str] = field(default_factory=lambda: list(CLUSTER_ROLES))
+    # How often a node says it is alive; it counts as gone after three missed beats.
+    heartbeat_seconds: float = 5.0
+
+
+@dataclass
 class LogSettings:
     level: str = "info"  # debug, info, warning, error
     format: str = "auto"  # json, text, or auto (text on a terminal, json otherwise)
@@ -80,6 +120,8 @@ SECTIONS: dict[str, type] = {
     "gc": GcSettings,
     "http": HttpSettings,
     "log": LogSettings,
+    "metadata": MetadataSettings,
+    "cluster": ClusterSettings,
     "storage": StorageSettings,
     "registry": RegistrySettings,
 }
@@ -93,6 +135,8 @@ class Config:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     gc: GcSettings = field(default_factory=GcSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    metadata: MetadataSettings = field(default_factory=MetadataSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     # Raw tables for the parts that parse their own settings.
     raw: dict[str, Any] = field(default_factory=dict)
 

@@ -12,53 +12,67 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     ProcessCollector,
     disable_created_metrics,
 )
 
 # No `*_created` series: they double the scrape and Prometheus does not use them.
 disable_created_metrics()
-REGISTRY = CollectorRegistry(auto_describe=True)
+# The Prometheus registry of this process (not to be confused with the Registry service).
+METRICS = CollectorRegistry(auto_describe=True)
+
+# Which node and process the scrape came from: join on it (`* on(instance) group_left(node)`)
+# to sum per node across a cluster.
+NODE_INFO = Info("dockyard_node", "This node of the cluster", registry=METRICS)
 
 REQUESTS = Counter(
     "dockyard_http_requests_total",
     "HTTP requests",
     ["route", "method", "status"],
-    registry=REGISTRY,
+    registry=METRICS,
 )
 LATENCY = Histogram(
     "dockyard_http_request_duration_seconds",
     "HTTP request latency",
     ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-    registry=REGISTRY,
+    registry=METRICS,
 )
 BYTES_RECEIVED = Counter(
-    "dockyard_blob_bytes_received_total", "Blob bytes received in uploads", registry=REGISTRY
+    "dockyard_blob_bytes_received_total", "Blob bytes received in uploads", registry=METRICS
 )
 BYTES_SENT = Counter(
-    "dockyard_blob_bytes_sent_total", "Blob bytes served (redirects excluded)", registry=REGISTRY
+    "dockyard_blob_bytes_sent_total", "Blob bytes served (redirects excluded)", registry=METRICS
 )
 UPLOADS_IN_FLIGHT = Gauge(
-    "dockyard_uploads_in_flight", "Blob upload requests being received", registry=REGISTRY
+    "dockyard_uploads_in_flight", "Blob upload requests being received", registry=METRICS
 )
 DEDUP_SKIPS = Counter(
     "dockyard_dedup_skips_total",
     "Blob HEADs and mounts answered from another repository of the same customer",
-    registry=REGISTRY,
+    registry=METRICS,
 )
 DEDUP_BYTES = Counter(
     "dockyard_dedup_bytes_saved_total",
     "Bytes clients did not have to upload thanks to dedup",
-    registry=REGISTRY,
+    registry=METRICS,
 )
+
+
+def record_dedup(size: int) -> None:
+    """A client skipped `size` bytes because another repository of its customer holds them."""
+    DEDUP_SKIPS.inc()
+    DEDUP_BYTES.inc(size)
+
+
 STORAGE_ERRORS = Counter(
-    "dockyard_storage_errors_total", "Requests failed by the storage backend", registry=REGISTRY
+    "dockyard_storage_errors_total", "Requests failed by the storage backend", registry=METRICS
 )
-GC_RUNS = Counter("dockyard_gc_runs_total", "Garbage collections", registry=REGISTRY)
-GC_BYTES = Counter("dockyard_gc_bytes_freed_total", "Bytes freed by GC", registry=REGISTRY)
+GC_RUNS = Counter("dockyard_gc_runs_total", "Garbage collections", registry=METRICS)
+GC_BYTES = Counter("dockyard_gc_bytes_freed_total", "Bytes freed by GC", registry=METRICS)
 READ_ONLY = Gauge(
-    "dockyard_read_only", "1 while writes are refused (maintenance mode)", registry=REGISTRY
+    "dockyard_read_only", "1 while writes are refused (maintenance mode)", registry=METRICS
 )
 # Webhook gauges are read from the durable outbox at scrape time (dockyard/ops), so they agree
 # with `dockyard events stats` and include work of every process sharing the data directory.
@@ -66,40 +80,40 @@ WEBHOOK_QUEUE = Gauge(
     "dockyard_webhook_queue_depth",
     "Webhook deliveries waiting to be delivered (pending or retrying)",
     ["endpoint"],
-    registry=REGISTRY,
+    registry=METRICS,
 )
 WEBHOOK_OLDEST = Gauge(
     "dockyard_webhook_oldest_pending_seconds",
     "Age of the oldest webhook delivery still waiting",
     ["endpoint"],
-    registry=REGISTRY,
+    registry=METRICS,
 )
 WEBHOOK_DELIVERIES = Gauge(
     "dockyard_webhook_deliveries",
     "Webhook deliveries kept in the outbox (within retention) by status",
     ["endpoint", "status"],
-    registry=REGISTRY,
+    registry=METRICS,
 )
 WEBHOOK_FAILED_ATTEMPTS = Gauge(
     "dockyard_webhook_failed_attempts",
     "Failed webhook delivery attempts kept in the outbox (within retention)",
     ["endpoint"],
-    registry=REGISTRY,
+    registry=METRICS,
 )
 LAUNCHER_DEPLOYMENTS = Counter(
     "dockyard_launcher_deployments_total",
     "Launcher deployments entering each state",
     ["state"],
-    registry=REGISTRY,
+    registry=METRICS,
 )
 LAUNCHER_PLACEMENT = Histogram(
     "dockyard_launcher_placement_seconds",
     "Time to choose (or provision) an instance for a task",
     ["outcome"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300),
-    registry=REGISTRY,
+    registry=METRICS,
 )
-ProcessCollector(registry=REGISTRY)
+ProcessCollector(registry=METRICS)
 
 
 def record_gc(bytes_freed: int) -> None:

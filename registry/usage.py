@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
-from .service import Registry
+from .metadata import Metadata
+from .quotas import Quotas
 
 
-async def usage_report(registry: Registry, only: str | None = None) -> list[dict[str, Any]]:
+async def usage_report(
+    meta: Metadata, quotas: Quotas, only: str | None = None
+) -> list[dict[str, Any]]:
     """One row per customer.
 
     - logical_bytes: the blobs the customer holds, each counted once (what its quota counts);
@@ -16,28 +18,17 @@ async def usage_report(registry: Registry, only: str | None = None) -> list[dict
     - saved_bytes: repo_bytes - logical_bytes, saved by layer dedup within the customer;
     - shared_bytes: of logical_bytes, what other customers hold too (stored once for all).
     """
-    meta = registry.meta
-    names = meta.customers()
-    held: dict[str, dict[str, int]] = {}
-    for name in names:
-        held[name] = await (await meta.customer(name)).held_blobs()
-    holders: Counter[str] = Counter()
-    for blobs in held.values():
-        holders.update(blobs.keys())
     rows = []
-    for name in names:
-        if only and name != only:
+    for tenant in await meta.tenants.all():
+        if only and tenant.name != only:
             continue
-        customer = await meta.customer(name)
-        stats = await customer.usage()
-        shared = sum(size for digest, size in held[name].items() if holders[digest] > 1)
+        usage = await meta.usage.of(tenant)
         rows.append(
             {
-                "customer": name,
-                **stats,
-                "shared_bytes": shared,
-                "saved_bytes": stats["repo_bytes"] - stats["logical_bytes"],
-                "quota_bytes": await registry.quota(name),
+                "customer": tenant.name,
+                **usage.as_dict(),
+                "saved_bytes": usage.repo_bytes - usage.logical_bytes,
+                "quota_bytes": await quotas.of(tenant),
             }
         )
     return rows

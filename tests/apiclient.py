@@ -69,6 +69,15 @@ async def error_code(resp: Any) -> str:
     return body["errors"][0]["code"]
 
 
+async def push_blob_raw(http: Any, base: str, repo: str, blob: bytes) -> str:
+    """A monolithic blob upload (POST with ?digest) to the registry at `base`."""
+    async with http.post(
+        f"{base}/v2/{repo}/blobs/uploads/", params={"digest": sha256(blob)}, data=blob
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+    return sha256(blob)
+
+
 async def push_to(
     http: Any, base: str, repo: str, tag: str, layer: bytes, config: bytes
 ) -> tuple[str, int]:

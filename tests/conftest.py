@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Before dockyard is imported, here and in every server the tests start: a statement issued on
+# the database from inside one of its transactions raises instead of being logged.
+os.environ.setdefault("DOCKYARD_STRICT_TRANSACTIONS", "1")
+
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.dockerd import DockerDaemon
+from tests.support.postgres import postgres  # noqa: F401 - session fixture: a private cluster
 from tests.support.seaweed import seaweed  # noqa: F401 - session fixture for S3 tests
 from tests.support.server import DockyardServer
 
@@ -30,8 +37,13 @@ def dockyard_factory(tmp_path: Path) -> Iterator:
     """Start servers with a given TOML config: `dockyard_factory(config_text, name="data")`."""
     started: list[DockyardServer] = []
 
-    def start(config_text: str = "", name: str = "data", env: dict | None = None) -> DockyardServer:
-        server = DockyardServer(tmp_path / name, config_text, env).start()
+    def start(
+        config_text: str = "",
+        name: str = "data",
+        env: dict | None = None,
+        args: tuple[str, ...] = (),
+    ) -> DockyardServer:
+        server = DockyardServer(tmp_path / name, config_text, env, args).start()
         started.append(server)
         return server
 

@@ -98,7 +98,8 @@ async def test_missing_blob_and_bad_digest(client: TestClient) -> None:
     # Reads of unknown customers answer 404 without creating anything for them.
     stranger = await client.head(f"/v2/stranger/web/blobs/{sha256(b'nope')}")
     assert stranger.status == 404
-    assert "stranger" not in client.app[REGISTRY].meta.customers()
+    tenants = await client.app[REGISTRY].meta.tenants.all()
+    assert "stranger" not in [t.name for t in tenants]
     for bad in ("sha256:abc", "md5:" + "a" * 32, "sha256:" + "G" * 64, "nodigest"):
         resp = await client.get(f"/v2/acme/web/blobs/{bad}")
         assert resp.status == 400, bad
@@ -573,11 +574,11 @@ async def test_catalog_pagination(client: TestClient) -> None:
     assert rest["repositories"] == ["globex/c"]
 
 
-async def test_single_component_names_belong_to_default_customer(
-    client: TestClient, data_dir: Path
-) -> None:
+async def test_single_component_names_belong_to_default_customer(client: TestClient) -> None:
     await push_image(client, "busybox", "latest", [b"bb"])
-    assert (data_dir / "customers" / "library" / "meta.db").exists()
+    tenants = client.app[REGISTRY].meta.tenants
+    library = await tenants.find("library")
+    assert library is not None and await tenants.repositories(library) == ["busybox"]
 
 
 # end-12a/12b: referrers

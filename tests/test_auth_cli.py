@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from auth.accounts import Accounts
-from auth.cli import register
+from auth.cli import StateOpener, register
 from auth.config import AuthSettings
+from dockyard.core.sql import open_database
 
 
-def settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str]:
-    return AuthSettings.from_dict({}, Path(args.data)), "library"
+def settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str, StateOpener]:
+    data = Path(args.data)
+    return AuthSettings.from_dict({}, data), "library", lambda: open_database(None, data)
 
 
 def run(data: Path, *argv: str, stdin: str = "") -> int:
@@ -34,11 +36,11 @@ def run(data: Path, *argv: str, stdin: str = "") -> int:
 
 def authenticate(data: Path, user: str, secret: str) -> str | None:
     async def check() -> str | None:
-        accounts = await Accounts.open(data / "auth" / "accounts.db", "library")
+        db = await open_database(None, data)
         try:
-            return await accounts.authenticate(user, secret)
+            return await (await Accounts.open(db, "library")).authenticate(user, secret)
         finally:
-            await accounts.close()
+            await db.close()
 
     return asyncio.run(check())
 
@@ -170,4 +172,4 @@ def test_data_option_before_or_after_subcommand(tmp_path: Path) -> None:
     args = parser.parse_args(["--data", str(tmp_path / "a"), "customer", "add", "acme"])
     assert args.data == str(tmp_path / "a")
     assert args.func(args) == 0
-    assert (tmp_path / "a" / "auth" / "accounts.db").exists()
+    assert (tmp_path / "a" / "metadata.db").exists()

@@ -8,6 +8,7 @@ import base64
 import re
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from auth.accounts import Accounts
 from auth.config import AuthSettings
 from auth.service import Auth, create_auth
 from auth.tokens import Claims
+from dockyard.core.sql import Database, open_database
+from tests.support.postgres import PostgresCluster
 
 PASSWORDS = {"alice": "alice-pass", "rita": "rita-pass", "adam": "adam-pass", "gus": "gus-pass"}
 
@@ -42,20 +45,39 @@ async def seed(accounts: Accounts) -> str:
     return secret
 
 
-@pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A data directory with seeded accounts, made once per module (scrypt is deliberately
-    slow); each test works on its own copy."""
+@dataclass(frozen=True)
+class Seed:
+    """Seeded accounts, made once per module and backend (scrypt is deliberately slow); each
+    test works on its own copy: of the data directory (SQLite), or of a template database
+    (PostgreSQL, `CREATE DATABASE … TEMPLATE`)."""
+
+    data: Path
+    robot_secret: str
+    postgres: PostgresCluster | None = None
+    template: str = ""
+
+    async def open(self, tmp_path: Path) -> tuple[Path, Database]:
+        data = tmp_path / "data"
+        shutil.copytree(self.data, data)
+        url = self.postgres.new_database(template=self.template) if self.postgres else None
+        return data, await open_database(url, data)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def seeded(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Seed:
     data = tmp_path_factory.mktemp("auth-seed")
+    cluster = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    url = cluster.new_database() if cluster else None
 
     async def make() -> str:
-        accounts = await Accounts.open(data / "auth" / "accounts.db", "library")
+        db = await open_database(url, data)
         try:
-            return await seed(accounts)
+            return await seed(await Accounts.open(db, "library"))
         finally:
-            await accounts.close()
+            await db.close()
 
-    return data, asyncio.run(make())
+    secret = asyncio.run(make())
+    return Seed(data, secret, cluster, url.rsplit("/", 1)[1] if url else "")
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -63,8 +85,12 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 class Env:
-    def __init__(self, auth: Auth, client: TestClient, robot_secret: str) -> None:
+    def __init__(
+        self, auth: Auth, client: TestClient, robot_secret: str, data: Path, db: Database
+    ) -> None:
         self.auth = auth
+        self.data = data
+        self.db = db
         self.client = client
         self.robot_secret = robot_secret
 
@@ -85,23 +111,23 @@ class Env:
 
 
 async def make_env(
-    seeded: tuple[Path, str], tmp_path: Path, aiohttp_client: Any, **settings: Any
+    seeded: Seed, tmp_path: Path, aiohttp_client: Any, **settings: Any
 ) -> AsyncIterator[Env]:
-    data = tmp_path / "data"
-    shutil.copytree(seeded[0], data)
-    auth = await create_auth(AuthSettings.from_dict({"enabled": True, **settings}, data),
-                             "library")
+    data, db = await seeded.open(tmp_path)
+    auth = await create_auth(
+        AuthSettings.from_dict({"enabled": True, **settings}, data), "library", db
+    )
     app = web.Application()
     auth.add_routes(app)
     client = await aiohttp_client(app)
     try:
-        yield Env(auth, client, seeded[1])
+        yield Env(auth, client, seeded.robot_secret, data, db)
     finally:
-        await auth.close()
+        await db.close()
 
 
 @pytest.fixture
-async def env(seeded: tuple[Path, str], tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Env]:
+async def env(seeded: Seed, tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Env]:
     async for e in make_env(seeded, tmp_path, aiohttp_client, failed_login_limit=3):
         yield e
 
@@ -351,9 +377,13 @@ async def test_refresh_token_forged_or_for_other_service(env: Env) -> None:
 
 async def test_refresh_tokens_stored_hashed(env: Env) -> None:
     _, body = await env.token(user="alice", offline_token="true")
-    raw = (env.auth.settings.accounts_db).read_bytes()
-    wal = env.auth.settings.accounts_db.with_name("accounts.db-wal")
-    raw += wal.read_bytes() if wal.exists() else b""
+    if env.db.dialect == "sqlite":
+        raw = b"".join(p.read_bytes() for p in env.data.glob("metadata.db*"))
+    else:
+        rows = await env.db.fetchall("SELECT * FROM auth_refresh_tokens")
+        rows += await env.db.fetchall("SELECT * FROM auth_users")
+        raw = repr([tuple(r) for r in rows]).encode()
+    assert b"alice" in raw  # the check reads the stored state
     assert body["refresh_token"].encode() not in raw
     assert PASSWORDS["alice"].encode() not in raw
 
@@ -372,7 +402,7 @@ async def test_jwks_verifies_issued_tokens(env: Env) -> None:
 
 
 async def test_short_lifetime_is_honoured(
-    seeded: tuple[Path, str], tmp_path: Path, aiohttp_client: Any
+    seeded: Seed, tmp_path: Path, aiohttp_client: Any
 ) -> None:
     async for env in make_env(seeded, tmp_path, aiohttp_client, token_lifetime=3):
         _, body = await env.token(user="alice")

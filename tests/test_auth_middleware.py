@@ -6,7 +6,6 @@ continuation."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,9 +21,10 @@ from auth.keys import load_signing_key
 from auth.scope import Resource
 from auth.service import Auth, create_auth
 from auth.tokens import TokenIssuer
+from registry import routes
 from registry.access import ACCESS
 from registry.authz import make_auth_middleware
-from tests.test_auth_endpoint import PASSWORDS, basic, seeded  # noqa: F401 - fixture
+from tests.test_auth_endpoint import PASSWORDS, Seed, basic, seeded  # noqa: F401 - fixture
 from tests.test_auth_tokens import claims_for, forged_tokens, sign
 
 REPOSITORIES = ["acme/web", "acme/other", "acme/public", "globex/app", "globex/secret"]
@@ -126,35 +126,42 @@ def challenge_of(headers: dict[str, str]) -> tuple[str, str, str | None, str | N
 
 @pytest.fixture
 async def env(
-    seeded: tuple[Path, str],  # noqa: F811
+    seeded: Seed,  # noqa: F811
     tmp_path: Path,
     aiohttp_client: Any,
 ) -> AsyncIterator[Env]:
-    data = tmp_path / "data"
-    shutil.copytree(seeded[0], data)
+    data, db = await seeded.open(tmp_path)
     settings = AuthSettings.from_dict({"enabled": True}, data)
-    auth = await create_auth(settings, "library")
+    auth = await create_auth(settings, "library", db)
     stand_in = StandIn()
     app = web.Application()
     app.middlewares.append(make_auth_middleware(auth, settings, stand_in.upload_owner))
     auth.add_routes(app)
     name = "/v2/{name:.+}"
-    app.router.add_get("/v2/", stand_in.base)
-    app.router.add_get("/v2/_catalog", stand_in.catalog)
-    app.router.add_get("/healthz", stand_in.healthz)
-    for method in ("GET", "PUT", "DELETE"):
-        app.router.add_route(method, name + "/manifests/{reference}", stand_in.manifest)
-    app.router.add_get(name + "/tags/list", stand_in.manifest)
-    app.router.add_post(name + "/blobs/uploads/", stand_in.start_upload)
-    for method in ("GET", "PATCH", "PUT", "DELETE"):
-        app.router.add_route(method, name + "/blobs/uploads/{upload_id}", stand_in.upload)
-    app.router.add_get(name + "/blobs/{digest}", stand_in.blob, allow_head=False)
-    app.router.add_head(name + "/blobs/{digest}", stand_in.blob)
+    # The registry's own route names: the middleware reads the scope a route needs from them.
+    r = app.router
+    r.add_get("/v2/", stand_in.base, name=routes.BASE)
+    r.add_get("/v2/_catalog", stand_in.catalog, name=routes.CATALOG)
+    r.add_get("/healthz", stand_in.healthz)
+    manifest = name + "/manifests/{reference}"
+    r.add_get(manifest, stand_in.manifest, name=routes.MANIFEST_GET)
+    r.add_put(manifest, stand_in.manifest, name=routes.MANIFEST_PUT)
+    r.add_delete(manifest, stand_in.manifest, name=routes.MANIFEST_DELETE)
+    r.add_get(name + "/tags/list", stand_in.manifest, name=routes.TAGS)
+    r.add_get(name + "/referrers/{digest}", stand_in.manifest, name=routes.REFERRERS)
+    r.add_post(name + "/blobs/uploads/", stand_in.start_upload, name=routes.UPLOAD_START)
+    upload = name + "/blobs/uploads/{upload_id}"
+    r.add_get(upload, stand_in.upload, name=routes.UPLOAD_STATUS)
+    r.add_patch(upload, stand_in.upload, name=routes.UPLOAD_PATCH)
+    r.add_put(upload, stand_in.upload, name=routes.UPLOAD_PUT)
+    r.add_delete(upload, stand_in.upload, name=routes.UPLOAD_CANCEL)
+    r.add_get(name + "/blobs/{digest}", stand_in.blob, allow_head=False, name=routes.BLOB_GET)
+    r.add_head(name + "/blobs/{digest}", stand_in.blob, name=routes.BLOB_HEAD)
     client = await aiohttp_client(app)
     try:
-        yield Env(auth, client, stand_in, seeded[1])
+        yield Env(auth, client, stand_in, seeded.robot_secret)
     finally:
-        await auth.close()
+        await db.close()
 
 
 # -- challenges ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from auth.keys import KeyFileError, key_id, load_signing_key, load_verification_
 from auth.names import InvalidName, check_customer, check_user, customer_of, parse_robot, robot_name
 from auth.passwords import hash_secret, verify_secret
 from auth.scope import Resource, ScopeError, parse_access_claim, parse_scope, parse_scopes
-from auth.throttle import LoginThrottle
+from auth.throttle import FailureCounter
 
 # -- scope grammar (docker-auth-scope.md, "Resource Scope Grammar") ------------------------------
 
@@ -129,7 +129,7 @@ def test_names() -> None:
 
 def test_throttle_blocks_after_limit_and_releases_after_window() -> None:
     now = [1000.0]
-    throttle = LoginThrottle(limit=3, window=60, clock=lambda: now[0])
+    throttle = FailureCounter(limit=3, window=60, clock=lambda: now[0])
     for _ in range(3):
         assert throttle.retry_after("alice") is None
         throttle.failed("alice")
@@ -168,7 +168,6 @@ def test_settings_defaults(tmp_path: Path) -> None:
         False, "dockyard", "dockyard", 300, "ES256",
     )
     assert s.realm is None
-    assert s.accounts_db == tmp_path / "auth" / "accounts.db"
     assert s.private_key_path == tmp_path / "auth" / "signing-key.pem"
 
 

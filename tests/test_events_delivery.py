@@ -15,6 +15,7 @@ import hmac
 import io
 import itertools
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiosqlite
 import pytest
 from aiohttp import web
 
 from dockyard.core.envelope import ENVELOPE_MEDIA_TYPE
 from dockyard.core.signing import SIGNATURE_HEADER, verify
+from dockyard.core.sql import Database, SchemaTooNew, open_database
 from registry.events import (
     EventOutbox,
     NotificationSettings,
@@ -38,7 +39,7 @@ from registry.events import (
 )
 from registry.events.admin import add_admin_routes
 from registry.events.cli import register
-from registry.events.schema import MIGRATIONS
+from registry.events.schema import STEPS
 
 SECRET = "whsec_test_0123456789"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -192,24 +193,35 @@ async def receiver() -> AsyncIterator[Receiver]:
     await rec.stop()
 
 
-@pytest.fixture
-async def outboxes(tmp_path: Path) -> AsyncIterator[OutboxFactory]:
-    opened: list[EventOutbox] = []
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def outboxes(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[OutboxFactory]:
+    """Outboxes on either backend; two opened on one data dir share one store (one PostgreSQL
+    database per data dir), as two processes of one node would."""
+    opened: list[tuple[EventOutbox, Database]] = []
+    urls: dict[Path, str] = {}
 
     async def factory(
         settings: NotificationSettings, *, data_dir: Path | None = None, start: bool = True
     ) -> EventOutbox:
+        data = data_dir or tmp_path
+        url = None
+        if request.param == "postgresql":
+            if data not in urls:
+                urls[data] = request.getfixturevalue("postgres").new_database()
+            url = urls[data]
+        db = await open_database(url, data)
         outbox = await open_events(
-            data_dir or tmp_path, settings, source_addr="reg.test:5000", instance_id="test-1"
+            db, settings, source_addr="reg.test:5000", instance_id="test-1"
         )
-        opened.append(outbox)
+        opened.append((outbox, db))
         if start:
             await outbox.start()
         return outbox
 
     yield factory
-    for outbox in opened:
+    for outbox, db in opened:
         await outbox.close()
+        await db.close()
 
 
 async def wait_status(outbox: EventOutbox, event_id: str, status: str) -> dict[str, Any]:
@@ -467,6 +479,11 @@ async def test_filters_decide_which_endpoint_gets_what(
     )
     pulled = await outbox.publish(make_event(action="pull", n=5))
     await receiver.wait_for(lambda: len(receiver.accepted()) == 5, "five deliveries")
+    # The receiver answered; the dispatcher records the outcome right after.
+    deadline = time.monotonic() + WAIT
+    while len(await outbox.list_deliveries(status="delivered")) < 5:
+        assert time.monotonic() < deadline, "deliveries recorded"
+        await asyncio.sleep(0.02)
     routed = {
         (row["event_id"], row["endpoint"])
         for row in await outbox.list_deliveries(status="delivered")
@@ -645,7 +662,10 @@ def test_cli_list_show_replay(tmp_path: Path) -> None:
 
     ids = asyncio.run(seed())
     parser = argparse.ArgumentParser(prog="dockyard")
-    register(parser.add_subparsers(dest="command"), lambda a: (Path(a.data), settings))
+    register(
+        parser.add_subparsers(dest="command"),
+        lambda a: (lambda: open_database(None, Path(a.data)), settings),
+    )
 
     def run(*argv: str) -> tuple[int, str, str]:
         args = parser.parse_args([*argv, "--data", str(tmp_path)])
@@ -676,7 +696,11 @@ def test_cli_list_show_replay(tmp_path: Path) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", type=Path)
     other = argparse.ArgumentParser(prog="dockyard")
-    register(other.add_subparsers(dest="command"), lambda a: (a.data, settings), parents=[common])
+    register(
+        other.add_subparsers(dest="command"),
+        lambda a: (lambda: open_database(None, a.data), settings),
+        parents=[common],
+    )
     args = other.parse_args(["events", "list", "--json", "--data", str(tmp_path)])
     out_buf = io.StringIO()
     with contextlib.redirect_stdout(out_buf):
@@ -699,20 +723,22 @@ async def test_schema_is_versioned_and_wal(tmp_path: Path) -> None:
     outbox = await open_events(tmp_path, settings_for(), source_addr="s", instance_id="i")
     event_id = await outbox.publish(make_event())
     await outbox.close()
-    db_path = tmp_path / "events" / "events.db"
-    async with aiosqlite.connect(db_path) as db:
-        async with db.execute("PRAGMA journal_mode") as cur:
-            assert (await cur.fetchone()) == ("wal",)
-        async with db.execute("PRAGMA user_version") as cur:
-            assert (await cur.fetchone()) == (len(MIGRATIONS),)
+    db_path = tmp_path / "metadata.db"
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        version = "SELECT version FROM schema_migrations WHERE component = 'events'"
+        assert db.execute(version).fetchone() == (len(STEPS),)
     # Reopening migrates nothing and keeps the data.
     again = await open_events(tmp_path, settings_for(), source_addr="s", instance_id="i")
     assert (await again.get_event(event_id)) is not None
     await again.close()
     # A database from a newer dockyard is refused rather than misread.
-    async with aiosqlite.connect(db_path) as db:
-        await db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    with pytest.raises(RuntimeError, match="newer"):
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "UPDATE schema_migrations SET version = ? WHERE component = 'events'",
+            (len(STEPS) + 1,),
+        )
+    with pytest.raises(SchemaTooNew, match="newer"):
         await open_events(tmp_path, settings_for(), source_addr="s", instance_id="i")
 
 

@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from dockyard.core.sql import open_database
 from registry.events import open_events
 from tests.test_events_delivery import WAIT, Receiver, hook, settings_for
 
@@ -29,14 +32,16 @@ KILL_AFTER = 25  # ids read before the kill; the child is still publishing then
 CHILD = """
 import asyncio, sys
 from pathlib import Path
+from dockyard.core.sql import open_database
 from registry.events import NotificationSettings, RegistryEvent, RequestRecord, open_events
 
 async def main() -> None:
     data_dir, url, total = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    db = await open_database(sys.argv[5] or None, data_dir)
     settings = NotificationSettings.from_dict({"poll_interval": 0.05, "endpoints": [{
         "name": "hook", "url": url, "timeout": "1s", "backoff": "20ms", "max_backoff": "100ms",
         "max_attempts": 10000, "secret": sys.argv[4]}]})
-    outbox = await open_events(data_dir, settings, source_addr="child:5000", instance_id="child")
+    outbox = await open_events(db, settings, source_addr="child:5000", instance_id="child")
     await outbox.start()
     req = RequestRecord(id="r", addr="127.0.0.1:1", host="reg", method="PUT", useragent="t")
     for i in range(total):
@@ -75,10 +80,10 @@ def read_lines(proc: subprocess.Popen[str], count: int) -> list[str]:
     return lines
 
 
-def publish_then_kill(data_dir: Path, url: str) -> list[list[str]]:
+def publish_then_kill(data_dir: Path, url: str, metadata_url: str) -> list[list[str]]:
     """Run the child until it printed KILL_AFTER ids, SIGKILL it; return (repo, id) pairs."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(data_dir), url, str(TOTAL), "whsec_test"],
+        [sys.executable, "-c", CHILD, str(data_dir), url, str(TOTAL), "whsec_test", metadata_url],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -98,9 +103,13 @@ def publish_then_kill(data_dir: Path, url: str) -> list[list[str]]:
     return [line.split() for line in lines if line]
 
 
-async def test_kill_9_loses_no_published_event(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_kill_9_loses_no_published_event(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    metadata_url = request.getfixturevalue("postgres").new_database() if backend != "sqlite" else ""
     receiver = Receiver(port=free_port())  # not started yet: the endpoint is down
-    published = await asyncio.to_thread(publish_then_kill, tmp_path, receiver.url)
+    published = await asyncio.to_thread(publish_then_kill, tmp_path, receiver.url, metadata_url)
     assert KILL_AFTER <= len(published) < TOTAL  # killed mid-burst
 
     receiver.secret = "whsec_test"
@@ -108,7 +117,8 @@ async def test_kill_9_loses_no_published_event(tmp_path: Path) -> None:
     settings = settings_for(
         hook(receiver, timeout="1s", backoff="20ms", max_backoff="100ms", secret="whsec_test")
     )
-    outbox = await open_events(tmp_path, settings, source_addr="restarted", instance_id="r2")
+    db = await open_database(metadata_url or None, tmp_path)
+    outbox = await open_events(db, settings, source_addr="restarted", instance_id="r2")
     await outbox.start()
     try:
         wanted = {event_id for _repo, event_id in published}
@@ -131,4 +141,5 @@ async def test_kill_9_loses_no_published_event(tmp_path: Path) -> None:
         assert found["deliveries"][0]["status"] == "delivered"
     finally:
         await outbox.close()
+        await db.close()
         await receiver.stop()

@@ -210,7 +210,7 @@ def test_launcher_hooks_reach_the_exposition() -> None:
     """The launcher cannot import the registry; the composition root passes these in."""
 
     def current() -> dict:
-        return parse(generate_latest(registry_metrics.REGISTRY).decode())
+        return parse(generate_latest(registry_metrics.METRICS).decode())
 
     before = current()
     asyncio.run(registry_metrics.record_deployment_event({"state": "COMPLETED"}))
@@ -258,7 +258,7 @@ async def test_periodic_gc_counts_runs_and_bytes_freed(dockyard_factory: Factory
 def test_readyz_fails_while_storage_is_broken_and_recovers(shared: DockyardServer) -> None:
     status, body = get_json(f"{shared.url}/readyz")
     assert status == 200 and body["status"] == "ready"
-    assert body["checks"] == {"storage": "ok", "metadata": "ok", "events": "ok"}
+    assert body["checks"] == {"storage": "ok", "metadata": "ok"}
     assert body["read_only"] is False
 
     blobs = shared.data_dir / "blobs"
@@ -337,7 +337,11 @@ async def test_json_access_log_line_per_request(shared: DockyardServer) -> None:
 
 
 def test_text_format_level_and_unknown_key_warning(dockyard_factory: Factory) -> None:
-    text = dockyard_factory('[log]\nformat = "text"\n[http]\nshutdown_timout = 5\n', name="text")
+    text = dockyard_factory(
+        '[log]\nformat = "text"\n[http]\nshutdown_timout = 5\n',
+        name="text",
+        args=("--allow-unknown-config",),  # without it serve refuses (tests/test_hardening_ops)
+    )
     urllib.request.urlopen(f"{text.url}/v2/_catalog", timeout=10).read()
     poll(lambda: "GET /v2/_catalog" in text.log(), "the access line")
     line = next(x for x in text.log().splitlines() if "GET /v2/_catalog" in x)

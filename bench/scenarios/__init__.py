@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from ..core import Scenario
+from .customers import POSTGRES, Customers
 from .dedup import DockerDedup, SkopeoDedup
 from .launcher import PushToRunning
 from .load import BlobGet, Listing, SmallRequests
+from .s3 import S3PushPull
 from .transfer import DockerPushPull, SkopeoPushPull
 from .uploads import BigPushRss, ChunkedUpload
 
 
-def all_scenarios(quick: bool, wanted: list[str] | None = None) -> list[Scenario]:
+def all_scenarios(quick: bool, wanted: list[str] | None = None, pg: bool = False) -> list[Scenario]:
     """--quick drops the docker variant of the dedup push (fresh engines per measurement) unless
-    it is `wanted` by name, and seeds 2,000 tags / 200 repositories instead of 10,000 / 1,000."""
+    it is `wanted` by name, and seeds 2,000 tags / 200 repositories instead of 10,000 / 1,000.
+    `pg` (--pg) adds dockyard on PostgreSQL metadata to `customers`."""
     return [
         SkopeoPushPull(),
         DockerPushPull(),
@@ -24,6 +27,8 @@ def all_scenarios(quick: bool, wanted: list[str] | None = None) -> list[Scenario
         PushToRunning(),
         BigPushRss(),
         Listing(2_000, 200) if quick else Listing(),
+        S3PushPull(),
+        Customers([POSTGRES] if pg else []),
     ]
 
 

@@ -11,6 +11,7 @@ from tests.support.engines import remove_cgroup
 
 from ..core import Bench, Row, Scenario, Skip, ratio_target
 from ..images import Layer, MiB, random_layer, write_layout
+from ..servers import Target
 from ..tools import skopeo_copy
 
 LAYERS = 5
@@ -52,6 +53,32 @@ class SkopeoPushPull(Scenario):
             shutil.rmtree(dest, ignore_errors=True)
 
 
+def rmi(engine: DockerDaemon, image: str) -> None:
+    image_id = engine.cli("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+    engine.cli("rmi", "-f", image_id)
+
+
+def docker_push_pull(bench: Bench, engine: DockerDaemon, local: str, order: list[Target],
+                     repo: str, phases: tuple[str, str], mib: float | None = None) -> None:
+    """Tag `local` for each target, push to each in `order`, remove it from the engine, pull
+    from each: "seconds" per phase (and "mib_s" when the image's size `mib` is given)."""
+    refs = {t.name: f"{t.host}/{repo}:v1" for t in order}
+    for ref in refs.values():
+        engine.cli("tag", local, ref)
+    for phase in phases:
+        if phase == phases[1]:
+            rmi(engine, local)
+        for target in order:
+            with bench.measure(phase, target) as m:
+                t0 = time.monotonic()
+                engine.cli("push" if phase == phases[0] else "pull", refs[target.name])
+                m["seconds"] = time.monotonic() - t0
+                if mib is not None:
+                    m["mib_s"] = mib / m["seconds"]
+            if phase == phases[1]:
+                rmi(engine, refs[target.name])
+
+
 class DockerPushPull(Scenario):
     """`docker push` of a freshly built image, then `docker rmi` + `docker pull`."""
 
@@ -75,27 +102,9 @@ class DockerPushPull(Scenario):
             self.engine.build_layers("bench-base:1", tag, layers)
             self.images.append(tag)
 
-    def _rmi(self, image: str) -> None:
-        image_id = self.engine.cli("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
-        self.engine.cli("rmi", "-f", image_id)
-
     def rep(self, bench: Bench, rep: int) -> None:
-        local = self.images[rep]
-        refs = {t.name: f"{t.host}/dk{rep}/app:v1" for t in bench.targets.values()}
-        for ref in refs.values():
-            self.engine.cli("tag", local, ref)
-        for target in bench.order(rep):
-            with bench.measure("docker push", target) as m:
-                t0 = time.monotonic()
-                self.engine.cli("push", refs[target.name])
-                m["seconds"] = time.monotonic() - t0
-        self._rmi(local)
-        for target in bench.order(rep):
-            with bench.measure("docker pull", target) as m:
-                t0 = time.monotonic()
-                self.engine.cli("pull", refs[target.name])
-                m["seconds"] = time.monotonic() - t0
-            self._rmi(refs[target.name])
+        docker_push_pull(bench, self.engine, self.images[rep], bench.order(rep), f"dk{rep}/app",
+                         ("docker push", "docker pull"))
 
     def teardown(self, bench: Bench) -> None:
         engine = getattr(self, "engine", None)

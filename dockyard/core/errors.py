@@ -148,6 +148,14 @@ class RangeNotSatisfiable(BlobUploadInvalid):
 # Codes beyond the spec's, for the parts that are not the Distribution API.
 
 
+class PaginationNumberInvalid(ApiError):
+    """`?n=` that is not a non-negative integer; the reference registry's code (distribution
+    registry/api/errcode), as OCI defines none for it."""
+
+    code = "PAGINATION_NUMBER_INVALID"
+    status = 400
+
+
 class InvalidRequest(ApiError):
     """A request body or parameter that does not validate (400)."""
 

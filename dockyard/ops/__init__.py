@@ -16,9 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
+from dockyard.core.http import client_gone_middleware
+from dockyard.core.sql import Database
 from registry.config import Config
-from registry.gc import InUseHook
-from registry.service import Change, Registry
+from registry.gc import GarbageCollector
+from registry.manifests import Change
+from registry.service import Registry
 
 from .gc import periodic_gc
 from .health import Readiness, health_routes
@@ -85,9 +88,10 @@ def setup_ops(
     app: web.Application,
     config: Config,
     registry: Registry,
+    db: Database,
+    collector: GarbageCollector,
     *,
     outbox: Callable[[], Any] = lambda: None,
-    gc_hooks: list[InUseHook] | None = None,
 ) -> None:
     """Mount /healthz, /readyz, /metrics (or its own listener), /admin/read-only; refuse writes
     in read-only mode; run periodic GC; log manifest changes; log and drain on shutdown.
@@ -95,13 +99,17 @@ def setup_ops(
     `outbox` returns the event outbox once it is open (for webhook metrics and readiness)."""
     mode = ReadOnlyMode(config.registry.read_only)
     in_flight = InFlight()
-    readiness = Readiness(registry, mode, in_flight)
+    readiness = Readiness(
+        {"storage": registry.store.check, "metadata": db.ping}, mode, in_flight
+    )
     app[READ_ONLY] = mode
     app[READINESS] = readiness
     app[IN_FLIGHT] = in_flight
     app.middlewares.insert(0, in_flight.middleware())
+    # Outermost: a client disconnecting mid-body ends its request without an ERROR traceback.
+    app.middlewares.insert(0, client_gone_middleware)
     app.middlewares.append(read_only_middleware(mode))
-    registry.listeners.append(change_logger())
+    registry.manifests.listeners.append(change_logger())
 
     serve_metrics = metrics_handler([webhook_refresher(outbox)])
 
@@ -118,19 +126,9 @@ def setup_ops(
     admin_routes(app, mode)
 
     if config.gc.interval_seconds > 0:
-        app.cleanup_ctx.append(
-            periodic_gc(registry, gc_hooks or [], mode, config.gc.interval_seconds)
-        )
+        app.cleanup_ctx.append(periodic_gc(collector, mode, config.gc.interval_seconds))
 
     async def started(_: web.Application) -> None:
-        box = outbox()
-        if box is not None:
-
-            async def events_db() -> None:
-                async with box.reading() as db, db.execute("SELECT 1") as cur:
-                    await cur.fetchone()
-
-            readiness.checks["events"] = events_db
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             # Only where signals can be handled (the main thread of `dockyard serve`).
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, mode.toggle, "SIGUSR1")

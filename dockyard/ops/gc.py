@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from registry.gc import GarbageCollector, GcBusy, InUseHook
+from registry.gc import GarbageCollector, GcBusy
 from registry.metrics import record_gc
-from registry.service import Registry
 
 from .readonly import ReadOnlyMode
 
@@ -19,10 +18,11 @@ log = logging.getLogger("dockyard.gc")
 
 
 def periodic_gc(
-    registry: Registry, hooks: list[InUseHook], mode: ReadOnlyMode, interval: float
+    collector: GarbageCollector, mode: ReadOnlyMode, interval: float
 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Every node tries; the `gc` lease lets one collect at a time (the others skip)."""
+
     async def collect_forever() -> None:
-        collector = GarbageCollector(registry, hooks)
         while True:
             await asyncio.sleep(interval)
             if mode.enabled:

@@ -1,7 +1,7 @@
 """Health endpoints for load balancers and orchestrators, outside /v2/ and unauthenticated.
 
 - `/healthz`: the process is up and its event loop answers (liveness).
-- `/readyz`: the blob store, the metadata databases and the event outbox answer (readiness);
+- `/readyz`: the blob store and the state store answer (readiness);
   503 with a JSON reason otherwise, and while the server drains on shutdown.
 """
 
@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-
-from registry.service import Registry
 
 from .readonly import ReadOnlyMode
 from .serve import InFlight
@@ -28,21 +26,14 @@ Check = Callable[[], Awaitable[None]]
 
 
 class Readiness:
-    def __init__(self, registry: Registry, mode: ReadOnlyMode, in_flight: InFlight) -> None:
-        self.registry = registry
+    """Named checks (the blob store's, the state store's, …), each given by the part that owns
+    what it checks."""
+
+    def __init__(self, checks: dict[str, Check], mode: ReadOnlyMode, in_flight: InFlight) -> None:
         self.mode = mode
         self.in_flight = in_flight
-        self.checks: dict[str, Check] = {
-            "storage": registry.store.check,
-            "metadata": self._metadata,
-        }
+        self.checks = dict(checks)
         self._last_ready: bool | None = None
-
-    async def _metadata(self) -> None:
-        async with self.registry.meta.index.db.execute("SELECT 1") as cur:
-            await cur.fetchone()
-        if not self.registry.meta.root.is_dir():
-            raise OSError(f"metadata directory {self.registry.meta.root} is missing")
 
     async def _run(self, check: Check) -> str:
         try:

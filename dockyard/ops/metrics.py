@@ -54,7 +54,7 @@ def metrics_handler(refreshers: list[Refresh]) -> Callable:
             except Exception as exc:  # a stale gauge is better than no metrics at all
                 log.warning("metrics refresh failed: %s", exc)
         return web.Response(
-            body=generate_latest(m.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(m.METRICS), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     return serve_metrics

@@ -8,16 +8,19 @@ The refusal is the reference registry's (distribution's `storage.maintenance.rea
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from dockyard.core.errors import Unsupported, error_response
+from dockyard.core.errors import PayloadTooLarge, Unsupported, error_response
+from dockyard.core.http import read_body
 from registry.metrics import READ_ONLY
 
 log = logging.getLogger("dockyard.ops")
 
+MAX_ADMIN_BODY = 4096  # {"read_only": true} is 18 bytes
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MESSAGE = (
     "the registry is in read-only maintenance mode: pulls work, pushes and deletes are refused "
@@ -69,7 +72,11 @@ def admin_routes(app: web.Application, mode: ReadOnlyMode) -> None:
 
     async def change(request: web.Request) -> web.Response:
         try:
-            body = await request.json()
+            raw = await read_body(request, MAX_ADMIN_BODY)
+        except PayloadTooLarge as exc:
+            return error_response(exc)
+        try:
+            body = json.loads(raw)
             wanted = body["read_only"]
             if not isinstance(wanted, bool):
                 raise TypeError

@@ -56,13 +56,23 @@ def _typed(section: str, docs: dict[str, tuple[str, str]]) -> tuple[Key, ...]:
     for f in fields(cls):
         # An undocumented key still works; tests/test_ops_config.py fails until it is documented.
         kind, doc = docs.get(f.name, ("?", ""))
-        default = f.default if f.default is not MISSING else None
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = None
         out.append(Key(f.name, kind, doc, default))
     return tuple(out)
 
 
 HTTP = {
     "addr": ("addr", "HOST:PORT to listen on. A non-loopback address needs [auth] or `insecure`."),
+    "public_url": (
+        "url",
+        "The URL clients reach the registry at (e.g. the load balancer's). Used in webhook "
+        "`target.url` and the auth realm; unset, the request's Host header is used.",
+    ),
     "insecure": (
         "bool",
         "Allow a non-loopback `addr` without authentication (a trusted network only).",
@@ -83,6 +93,25 @@ HTTP = {
         "HOST:PORT of a separate plain-HTTP listener for /metrics (and /healthz, /readyz); "
         "/metrics then leaves the main port.",
     ),
+    "header_timeout": (
+        "float",
+        "Seconds a connection has to deliver a request's headers (from connecting, or from the "
+        "first byte of the next request); later: 408 and the connection is closed. 0 disables.",
+    ),
+    "body_idle_timeout": (
+        "float",
+        "Seconds a request body may stop moving before 408 and close; a slow upload that keeps "
+        "sending is never cut. 0 disables.",
+    ),
+    "keepalive_timeout": (
+        "float",
+        "Seconds an idle kept-alive connection stays open between requests.",
+    ),
+    "max_connections": (
+        "int",
+        "Connections served at once per process; one more gets 503 UNAVAILABLE with "
+        "Retry-After and is closed. 0: the open-file limit (ulimit -n) less 228.",
+    ),
 }
 STORAGE = {
     "driver": ("string", "`filesystem` (blobs under the data directory) or `s3`."),
@@ -93,6 +122,11 @@ STORAGE = {
     "redirect": ("bool", "S3: answer blob GETs with a redirect to a presigned URL."),
     "redirect_expiry": ("int", "S3: seconds a presigned URL stays valid."),
     "part_size_mib": ("int", "S3: multipart part size in MiB (5 or more)."),
+    "parts_in_flight": (
+        "int",
+        "S3: parts of one upload sent while the next arrives; an upload holds at most "
+        "(parts_in_flight + 1) × part size in memory.",
+    ),
     "access_key": ("string", "S3: access key (unset: the AWS credential chain)."),
     "secret_key": ("string", "S3: secret key (unset: the AWS credential chain)."),
     "create_bucket": ("bool", "S3: create the bucket at start when it does not exist."),
@@ -107,6 +141,11 @@ REGISTRY = {
         "bool",
         "A blob HEAD or mount finds layers in any repository of the same customer the caller "
         "may pull.",
+    ),
+    "sparse_manifests": (
+        "bool",
+        "Accept image manifests whose layers, and indexes whose children, were never pushed "
+        "(mirroring one platform of an index); what is missing stays missing and unreadable.",
     ),
     "read_only": (
         "bool",
@@ -129,6 +168,37 @@ GC = {
         "Run GC inside the server this often; 0 leaves it to `dockyard gc`.",
     ),
 }
+METADATA = {
+    "url": (
+        "url",
+        "`postgresql://USER:PASSWORD@HOST:PORT/DB` for PostgreSQL (needed for more than one "
+        "node); unset: the embedded SQLite file DATA/metadata.db.",
+    ),
+    "pool_size": ("int", "PostgreSQL: connections per process."),
+    "connect_timeout": ("float", "PostgreSQL: seconds to get a connection before 503."),
+    "statement_timeout": ("float", "PostgreSQL: seconds a statement may run."),
+    "sqlite_synchronous": (
+        "string",
+        "SQLite: `full` (a commit survives power loss) or `normal` (survives a process crash).",
+    ),
+}
+CLUSTER = {
+    "node_name": (
+        "string",
+        "This node's name in `dockyard cluster status` and as lease holder; default: the host "
+        "name.",
+    ),
+    "roles": (
+        "list",
+        "What this node runs: `api` (always), `dispatcher` (webhook deliveries), `gc` (periodic "
+        "GC under the cluster-wide lease), `launcher`. Env: comma-separated.",
+    ),
+    "heartbeat_seconds": (
+        "float",
+        "How often the node records that it is alive; three missed beats and it is listed "
+        "as gone.",
+    ),
+}
 LOG = {
     "level": ("string", "`debug`, `info`, `warning` or `error`."),
     "format": (
@@ -142,7 +212,13 @@ AUTH = (
     Key("enabled", "bool", "Require Bearer tokens on /v2/ and serve /auth/token.", False),
     Key("issuer", "string", "`iss` of issued tokens (and the only one accepted).", "dockyard"),
     Key("service", "string", "`aud`/service name clients ask tokens for.", "dockyard"),
-    Key("token_lifetime", "int", "Seconds an access token lives.", 300),
+    Key(
+        "token_lifetime",
+        "int",
+        "Seconds an access token lives. Removing a user, robot or role ends its pushes and "
+        "deletes at once (checked on every write); its pulls may go on until the token expires.",
+        300,
+    ),
     Key("algorithm", "string", "Token signature: `ES256` or `RS256`.", "ES256"),
     Key(
         "private_key",
@@ -160,8 +236,45 @@ AUTH = (
         "url",
         "Token endpoint announced in challenges (unset: /auth/token on the host the client used).",
     ),
-    Key("failed_login_limit", "int", "Failed logins per account and address before lockout.", 5),
-    Key("failed_login_window", "int", "Seconds the failed-login count covers.", 300),
+    Key(
+        "failed_login_limit",
+        "int",
+        "Failed logins for one account from one address before that address may not try that "
+        "account (429) until the window moves on; other addresses are not affected.",
+        5,
+    ),
+    Key("failed_login_window", "int", "Seconds the failed-login counts cover.", 300),
+    Key(
+        "failed_login_source_limit",
+        "int",
+        "Failed logins from one address, for any accounts, before that address may not log in.",
+        30,
+    ),
+    Key(
+        "failed_login_tarpit",
+        "float",
+        "Seconds a refused (429) login waits before it is answered, slowing floods.",
+        1.0,
+    ),
+    Key(
+        "hash_workers",
+        "int",
+        "Threads hashing passwords (scrypt), apart from storage I/O; 0: half the CPUs.",
+        0,
+    ),
+    Key(
+        "hash_rate",
+        "float",
+        "Password hashes per second for the whole process (unknown names count too); 0: "
+        "unlimited.",
+        20.0,
+    ),
+    Key(
+        "hash_max_wait",
+        "float",
+        "Seconds a login may wait for its hash; past it 503 with Retry-After.",
+        2.0,
+    ),
     Key(
         "refresh_token_lifetime", "int", "Seconds a refresh token lives; 0 never expires.", 2592000
     ),
@@ -388,6 +501,18 @@ SCHEMA: dict[str, Section] = {
             _typed("registry", REGISTRY),
         ),
         Section("gc", "registry/config.py", "Garbage collection.", _typed("gc", GC)),
+        Section(
+            "metadata",
+            "registry/config.py",
+            "Where every part keeps its state: embedded SQLite (default) or PostgreSQL.",
+            _typed("metadata", METADATA),
+        ),
+        Section(
+            "cluster",
+            "registry/config.py",
+            "Several nodes on one PostgreSQL database and one S3 store.",
+            _typed("cluster", CLUSTER),
+        ),
         Section("log", "registry/config.py", "Logs (stderr).", _typed("log", LOG)),
         Section(
             "auth", "auth/config.py", "Token authentication (Docker registry token spec).", AUTH

@@ -2,10 +2,10 @@
 
 Wiring (the composition root does this once per process)::
 
-    outbox = await open_events(data_dir, settings, source_addr="host:5000", instance_id=uuid)
+    outbox = await open_events(db, settings, source_addr="host:5000", instance_id=uuid)
     await outbox.start()                 # dispatcher: delivers to the configured endpoints
     ...
-    await outbox.publish(RegistryEvent(...))   # before answering the push
+    await outbox.add(tx, RegistryEvent(...))   # in the transaction of the change it reports
     ...
     await outbox.close()                 # on shutdown
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dockyard.core.envelope import EnvelopeError, parse_envelope
+from dockyard.core.sql import Database
 from registry.events.config import ConfigError, EndpointConfig, NotificationSettings
 from registry.events.model import RegistryEvent, RequestRecord
 from registry.events.outbox import EventOutbox
@@ -35,18 +36,19 @@ __all__ = [
 
 
 async def open_events(
-    data_dir: Path,
+    target: Database | Path,
     settings: NotificationSettings,
     *,
     source_addr: str,
     instance_id: str,
 ) -> EventOutbox:
-    """Open (creating and migrating) `data_dir/events/events.db`; the dispatcher is not started.
+    """Open the outbox on `target` (the shared Database, or a data dir's embedded one),
+    migrating its tables; the dispatcher is not started.
 
     `source_addr` and `instance_id` fill every event's `source` record (spec:
     distribution-notifications.md, "Events"): the address this registry is reached at and an id
     for this process.
     """
     return await EventOutbox.open(
-        Path(data_dir), settings, source_addr=source_addr, instance_id=instance_id
+        target, settings, source_addr=source_addr, instance_id=instance_id
     )

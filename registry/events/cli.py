@@ -18,16 +18,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
 
+from dockyard.core.cliargs import repository_arg
+from dockyard.core.sql import Database
 from registry.events.config import NotificationSettings
 from registry.events.outbox import STATUSES, EventOutbox
 from registry.events.since import parse_since
 
-SettingsFor = Callable[[argparse.Namespace], tuple[pathlib.Path, NotificationSettings]]
+# The state store is opened by the command (its URL comes from the same configuration).
+SettingsFor = Callable[
+    [argparse.Namespace], tuple[Callable[[], Awaitable[Database]], NotificationSettings]
+]
 
 
 def register(
@@ -63,7 +67,9 @@ def register(
     p_list.add_argument("--endpoint", help="only deliveries to this endpoint")
     p_list.add_argument("--status", choices=STATUSES, help="only deliveries in this state")
     p_list.add_argument("--event", help="only deliveries of this event id")
-    p_list.add_argument("--repository", help="only events of this repository")
+    p_list.add_argument(
+        "--repository", type=repository_arg, help="only events of this repository"
+    )
     p_list.add_argument("--limit", type=int, default=100)
     p_list.add_argument("--json", action="store_true", help="print JSON")
     p_list.set_defaults(func=lambda args: _run(settings_for, args, _list))
@@ -92,19 +98,23 @@ def _run(settings_for: SettingsFor, args: argparse.Namespace, command: Command) 
         if not hasattr(args, option):
             setattr(args, option, None)
     try:
-        data_dir, settings = settings_for(args)
+        open_state, settings = settings_for(args)
     except ValueError as exc:  # includes the notifications section's ConfigError
         print(f"dockyard events: {exc}", file=sys.stderr)
         return 2
 
     async def main() -> int:
-        outbox = await EventOutbox.open(
-            data_dir, settings, source_addr="", instance_id="dockyard-cli"
-        )
+        db = await open_state()
         try:
-            return int(await command(outbox, args, sys.stdout) or 0)
+            outbox = await EventOutbox.open(
+                db, settings, source_addr="", instance_id="dockyard-cli"
+            )
+            try:
+                return int(await command(outbox, args, sys.stdout) or 0)
+            finally:
+                await outbox.close()
         finally:
-            await outbox.close()
+            await db.close()
 
     try:
         return asyncio.run(main())
@@ -192,7 +202,7 @@ def _target(row: dict[str, Any]) -> str:
     return f"{row['repository']}@{row['digest'][:19]}"
 
 
-def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+def _print_table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))

@@ -4,10 +4,11 @@ Each (endpoint, repository) pair is a queue; only its oldest open delivery (its 
 attempted, so one repository's events arrive in publish order while a failing repository only
 holds up itself, and only until its head is delivered or dead-lettered after `max_attempts`.
 
-A process claims a head by writing a lease (`lease_until`) in the same `BEGIN IMMEDIATE`
-transaction that selected it, so of several server processes sharing a data directory exactly one
-makes a given attempt. A lease outlives a killed process only until it expires (the endpoint's
-timeout plus a margin); then any process retries the row: at least once, never zero times.
+A process claims a head by writing a lease (`lease_until`) in the same transaction that selected
+it, and the claim is conditional on the row being unleased, so of several dispatchers sharing one
+database exactly one makes a given attempt (one runs at a time anyway, under the cluster lease).
+A lease outlives a killed process only until it expires (the endpoint's timeout plus a margin);
+then any process retries the row: at least once, never zero times.
 
 Retries back off exponentially (`backoff`, doubling, capped at `max_backoff`) with multiplicative
 jitter, and honour a `Retry-After` header within that cap. Any final (after redirects) status below
@@ -22,11 +23,11 @@ import json
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
-import aiosqlite
 from multidict import CIMultiDict
 
 from dockyard.core.envelope import (
@@ -42,10 +43,9 @@ from dockyard.core.signing import (
     github_signature,
     sign,
 )
-from registry.events.config import EndpointConfig
-
-if TYPE_CHECKING:
-    from registry.events.outbox import EventOutbox
+from dockyard.core.sql import Database, Row
+from registry.events.config import EndpointConfig, NotificationSettings
+from registry.events.signal import Signal
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,19 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class Dispatcher:
-    def __init__(self, outbox: EventOutbox) -> None:
-        self.outbox = outbox
-        self.settings = outbox.settings
+    def __init__(
+        self,
+        db: Database,
+        settings: NotificationSettings,
+        owner: str,
+        signal: Signal,
+        prune: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.owner = owner
+        self.signal = signal
+        self._prune = prune
         self._rng = random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -100,7 +110,7 @@ class Dispatcher:
 
     async def close(self, grace: float) -> None:
         self._stopping = True
-        self.outbox.published.notify()
+        self.signal.notify()
         if self._task is not None:
             with suppress(asyncio.CancelledError):
                 await self._task
@@ -125,13 +135,14 @@ class Dispatcher:
                 delay = self.settings.poll_interval
             if self._stopping:
                 break
-            await self.outbox.published.wait(delay)
+            await self.signal.wait(delay)
 
     async def _step(self, names: list[str]) -> float:
         now = time.time()
         if now - self._last_prune > PRUNE_INTERVAL:
             self._last_prune = now
-            await self.outbox.prune()
+            if self._prune is not None:
+                await self._prune()
         if not names:
             return self.settings.poll_interval
         free = self.settings.concurrency - len(self._inflight)
@@ -142,13 +153,13 @@ class Dispatcher:
                 task.add_done_callback(self._inflight.discard)
         return await self._next_due(names, self.settings.poll_interval)
 
-    async def _claim(self, names: list[str], limit: int) -> list[aiosqlite.Row]:
+    async def _claim(self, names: list[str], limit: int) -> list[Row]:
         now = time.time()
         marks = ",".join("?" * len(names))
-        claimed: list[aiosqlite.Row] = []
-        async with self.outbox.transaction() as db:
+        claimed: list[Row] = []
+        async with self.db.transaction() as tx:
             # Heads of every open (endpoint, repository) queue that are due and not leased.
-            async with db.execute(
+            rows = await tx.fetchall(
                 "SELECT d.id, d.endpoint, d.attempts, e.id AS event_id, e.kind, e.body"
                 " FROM (SELECT endpoint, repository, MIN(event_seq) AS head FROM deliveries"
                 f"       WHERE status IN ('pending', 'failed') AND endpoint IN ({marks})"
@@ -158,39 +169,34 @@ class Dispatcher:
                 " WHERE d.next_attempt <= ? AND d.lease_until <= ?"
                 " ORDER BY d.next_attempt, d.event_seq LIMIT ?",
                 (*names, now, now, limit),
-            ) as cur:
-                rows = await cur.fetchall()
+            )
             for row in rows:
                 endpoint = self.settings.endpoint(row["endpoint"])
                 assert endpoint is not None
-                cur = await db.execute(
+                changed = await tx.execute(
                     "UPDATE deliveries SET lease_owner = ?, lease_until = ?"
                     " WHERE id = ? AND lease_until <= ? AND status IN ('pending', 'failed')",
-                    (self.outbox.owner, now + endpoint.timeout + LEASE_MARGIN, row["id"], now),
+                    (self.owner, now + endpoint.timeout + LEASE_MARGIN, row["id"], now),
                 )
-                if cur.rowcount == 1:
+                if changed == 1:
                     claimed.append(row)
         return claimed
 
     async def _next_due(self, names: list[str], cap: float) -> float:
         now = time.time()
         marks = ",".join("?" * len(names))
-        async with (
-            self.outbox.reading() as db,
-            db.execute(
-                "SELECT MIN(MAX(next_attempt, lease_until)) FROM deliveries"
-                f" WHERE status IN ('pending', 'failed') AND endpoint IN ({marks})"
-                " AND MAX(next_attempt, lease_until) > ?",
-                (*names, now),
-            ) as cur,
-        ):
-            row = await cur.fetchone()
-        due = row[0] if row else None
+        later = "CASE WHEN next_attempt > lease_until THEN next_attempt ELSE lease_until END"
+        due = await self.db.fetchval(
+            f"SELECT MIN({later}) FROM deliveries"
+            f" WHERE status IN ('pending', 'failed') AND endpoint IN ({marks})"
+            f" AND {later} > ?",
+            (*names, now),
+        )
         if due is None:
             return cap
         return max(0.0, min(cap, due - now))
 
-    async def _deliver(self, row: aiosqlite.Row) -> None:
+    async def _deliver(self, row: Row) -> None:
         endpoint = self.settings.endpoint(row["endpoint"])
         assert endpoint is not None and self._session is not None
         attempt = row["attempts"] + 1
@@ -254,11 +260,11 @@ class Dispatcher:
         except Exception:
             # The lease expires and the attempt is repeated: a duplicate, never a loss.
             log.exception("events: could not record attempt of %s", row["event_id"])
-        self.outbox.published.notify()
+        self.signal.notify()
 
     async def _record(
         self,
-        row: aiosqlite.Row,
+        row: Row,
         new_status: str,
         next_attempt: float,
         status: int | None,
@@ -268,14 +274,14 @@ class Dispatcher:
     ) -> None:
         if error is not None and len(error) > MAX_ERROR_LENGTH:
             error = error[:MAX_ERROR_LENGTH] + "…"
-        async with self.outbox.transaction() as db:
-            await db.execute(
+        async with self.db.transaction() as tx:
+            await tx.execute(
                 "INSERT INTO attempts (delivery_id, started, duration, status_code, error, owner)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (row["id"], started, duration, status, error, self.outbox.owner),
+                (row["id"], started, duration, status, error, self.owner),
             )
             # Only while we still hold the lease: a replay or another process may have moved on.
-            await db.execute(
+            await tx.execute(
                 "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt = ?,"
                 " lease_owner = NULL, lease_until = 0, last_status = ?, last_error = ?,"
                 " updated = ? WHERE id = ? AND lease_owner = ?",
@@ -286,6 +292,6 @@ class Dispatcher:
                     error,
                     time.time(),
                     row["id"],
-                    self.outbox.owner,
+                    self.owner,
                 ),
             )

@@ -8,8 +8,8 @@ acknowledged, and a slow consumer never slows HTTP deliveries (nor the other way
 Semantics: at least once, in publish order. Requesting the next envelope acknowledges the previous
 one (the consumer's loop body finished with it); an exception in the loop body leaves it
 unacknowledged, so it is yielded again by the next subscription under that name. With several
-server processes, a lease on the subscriber row lets only one of them consume a name at a time;
-the others wait and take over if it stops renewing.
+nodes, a lease on the subscriber row lets only one of them consume a name at a time; the others
+wait and take over if it stops renewing.
 """
 
 from __future__ import annotations
@@ -18,23 +18,38 @@ import json
 import time
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-if TYPE_CHECKING:
-    from registry.events.outbox import EventOutbox
+from dockyard.core.sql import Database
+from registry.events.config import NotificationSettings
+from registry.events.signal import Signal
 
 LEASE = 30.0  # seconds; renewed on every fetch and acknowledgement
 BATCH = 100
 
 
 class Subscription:
-    def __init__(self, outbox: EventOutbox, name: str, *, start: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: NotificationSettings,
+        name: str,
+        *,
+        owner: str,
+        signal: Signal,
+        start: str,
+        is_closed: Callable[[], bool],
+    ) -> None:
         if not name:
             raise ValueError("a subscription needs a name")
-        self._outbox = outbox
+        self._db = db
+        self._settings = settings
+        self._signal = signal
+        self._outbox_closed = is_closed
         self.name = name
         self._start = start
-        self._owner = f"{outbox.owner}:{uuid.uuid4().hex[:8]}"
+        self._owner = f"{owner}:{uuid.uuid4().hex[:8]}"
         self._buffer: deque[tuple[int, str]] = deque()
         self._unacked: int | None = None
         self._closed = False
@@ -46,14 +61,14 @@ class Subscription:
         if self._unacked is not None:
             await self.ack()
         while True:
-            if self._closed or self._outbox.closed:
+            if self._closed or self._outbox_closed():
                 raise StopAsyncIteration
             if not self._buffer:
                 rows = await self._fetch()
-                if rows is None or not rows:
-                    # Nothing new (or another process holds this name): wait for a publish here,
-                    # or poll for one made by another process.
-                    await self._outbox.published.wait(self._outbox.settings.poll_interval)
+                if not rows:
+                    # Nothing new (or another node holds this name): wait for a publish here,
+                    # or poll for one made elsewhere.
+                    await self._signal.wait(self._settings.poll_interval)
                     continue
                 self._buffer.extend(rows)
             seq, body = self._buffer.popleft()
@@ -63,19 +78,18 @@ class Subscription:
     async def ack(self) -> None:
         """Acknowledge the envelope last yielded (idempotent)."""
         seq, self._unacked = self._unacked, None
-        if seq is None or self._outbox.closed:
+        if seq is None or self._outbox_closed():
             return
         now = time.time()
-        async with self._outbox.transaction() as db:
-            cur = await db.execute(
-                "UPDATE subscribers SET cursor = MAX(cursor, ?), lease_until = ?, updated = ?"
-                " WHERE name = ? AND lease_owner = ?",
-                (seq, now + LEASE, now, self.name, self._owner),
-            )
-            if cur.rowcount != 1:
-                # Our lease lapsed and another process took the name over: it has (or will)
-                # see these events itself; drop what we prefetched.
-                self._buffer.clear()
+        changed = await self._db.execute(
+            "UPDATE subscribers SET cursor = CASE WHEN cursor > ? THEN cursor ELSE ? END,"
+            " lease_until = ?, updated = ? WHERE name = ? AND lease_owner = ?",
+            (seq, seq, now + LEASE, now, self.name, self._owner),
+        )
+        if changed != 1:
+            # Our lease lapsed and another node took the name over: it has (or will) see
+            # these events itself; drop what we prefetched.
+            self._buffer.clear()
 
     async def aclose(self) -> None:
         """Stop consuming; the last envelope stays unacknowledged unless `ack()` was called."""
@@ -83,14 +97,13 @@ class Subscription:
             return
         self._closed = True
         self._buffer.clear()
-        if self._outbox.closed:
+        if self._outbox_closed():
             return
-        async with self._outbox.transaction() as db:
-            await db.execute(
-                "UPDATE subscribers SET lease_until = 0, lease_owner = NULL"
-                " WHERE name = ? AND lease_owner = ?",
-                (self.name, self._owner),
-            )
+        await self._db.execute(
+            "UPDATE subscribers SET lease_until = 0, lease_owner = NULL"
+            " WHERE name = ? AND lease_owner = ?",
+            (self.name, self._owner),
+        )
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -98,28 +111,28 @@ class Subscription:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _fetch(self) -> list[tuple[int, str]] | None:
+    async def _fetch(self) -> list[tuple[int, str]]:
         now = time.time()
-        async with self._outbox.transaction() as db:
+        async with self._db.transaction() as tx:
             if self._start == "latest":
                 initial = "(SELECT COALESCE(MAX(seq), 0) FROM events)"
             else:
                 initial = "0"
-            await db.execute(
-                "INSERT OR IGNORE INTO subscribers (name, cursor, updated)"
-                f" VALUES (?, {initial}, ?)",
+            await tx.execute(
+                "INSERT INTO subscribers (name, cursor, updated)"
+                f" VALUES (?, {initial}, ?) ON CONFLICT (name) DO NOTHING",
                 (self.name, now),
             )
-            cur = await db.execute(
+            changed = await tx.execute(
                 "UPDATE subscribers SET lease_owner = ?, lease_until = ?"
                 " WHERE name = ? AND (lease_owner = ? OR lease_until <= ?)",
                 (self._owner, now + LEASE, self.name, self._owner, now),
             )
-            if cur.rowcount != 1:
-                return None
-            async with db.execute(
+            if changed != 1:
+                return []
+            rows = await tx.fetchall(
                 "SELECT seq, body FROM events WHERE seq >"
                 " (SELECT cursor FROM subscribers WHERE name = ?) ORDER BY seq LIMIT ?",
                 (self.name, BATCH),
-            ) as rows_cur:
-                return [(row[0], row[1]) for row in await rows_cur.fetchall()]
+            )
+        return [(int(row[0]), row[1]) for row in rows]

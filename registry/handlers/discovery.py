@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
 
+from dockyard.core.oci import OCI_INDEX
+
+from .. import routes
 from ..access import access_of
-from ..manifests import OCI_INDEX
+from ..metadata import Referrer
 from .base import next_link, page_params, registry_of, repo_name
 
 
@@ -17,16 +21,16 @@ async def list_tags(request: web.Request) -> web.StreamResponse:
     if n == 0:
         # spec: when n is zero, an empty list and no Link header.
         tags: list[str] = []
-        await registry_of(request).list_tags(name, 0, last)
+        await registry_of(request).discovery.tags(name, 0, last)
         return web.json_response({"name": name, "tags": tags})
     if n is None and last is None:
-        body = await registry_of(request).tags_document(name)
+        body = await registry_of(request).discovery.tags_document(name)
         return web.Response(body=body, content_type="application/json")
     # Ask for one more than a page to know whether a next page exists.
-    tags = await registry_of(request).list_tags(name, n + 1 if n else None, last)
+    tags = await registry_of(request).discovery.tags(name, n + 1 if n else None, last)
     more = n is not None and len(tags) > n
     tags = tags[:n] if n else tags
-    headers = next_link(f"/v2/{name}/tags/list", n, tags) if more else {}
+    headers = next_link(routes.url(request, routes.TAGS, name=name), n, tags) if more else {}
     return web.json_response({"name": name, "tags": tags}, headers=headers)
 
 
@@ -34,7 +38,9 @@ async def catalog(request: web.Request) -> web.StreamResponse:
     n, last = page_params(request)
     if n == 0:
         return web.json_response({"repositories": []})
-    repos = await registry_of(request).catalog(n + 1 if n else None, last, access_of(request))
+    repos = await registry_of(request).discovery.catalog(
+        n + 1 if n else None, last, access_of(request)
+    )
     more = n is not None and len(repos) > n
     repos = repos[:n] if n else repos
     headers = next_link("/v2/_catalog", n, repos) if more else {}
@@ -44,9 +50,24 @@ async def catalog(request: web.Request) -> web.StreamResponse:
 async def referrers(request: web.Request) -> web.StreamResponse:
     name = repo_name(request)
     artifact_type = request.query.get("artifactType")
-    found = await registry_of(request).referrers(name, request.match_info["digest"], artifact_type)
+    found = await registry_of(request).discovery.referrers(
+        name, request.match_info["digest"], artifact_type
+    )
     headers = {"Content-Type": OCI_INDEX}
     if artifact_type:
         headers["OCI-Filters-Applied"] = "artifactType"
-    body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [_descriptor(r) for r in found],
+    }
     return web.Response(body=json.dumps(body).encode(), headers=headers)
+
+
+def _descriptor(r: Referrer) -> dict[str, Any]:
+    d: dict[str, Any] = {"mediaType": r.media_type, "size": r.size, "digest": r.digest}
+    if r.artifact_type:
+        d["artifactType"] = r.artifact_type
+    if r.annotations:
+        d["annotations"] = r.annotations
+    return d

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from dockyard.core.errors import ManifestInvalid, ManifestUnknown
+from dockyard.core.oci import OCI_MANIFEST
 
+from .. import routes
 from ..access import access_of
-from ..manifests import OCI_MANIFEST
 from .base import origin, registry_of, repo_name
 
 
@@ -29,7 +30,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     name = repo_name(request)
     registry = registry_of(request)
     payload = await _read_limited(request, registry.settings.max_manifest_bytes)
-    pushed = await registry.put_manifest(
+    pushed = await registry.manifests.put(
         name,
         request.match_info["reference"],
         payload,
@@ -39,7 +40,9 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         origin(request),
     )
     headers = {
-        "Location": f"/v2/{name}/manifests/{pushed.digest}",
+        "Location": routes.url(
+            request, routes.MANIFEST_GET, name=name, reference=pushed.digest
+        ),
         "Docker-Content-Digest": pushed.digest,
         "Content-Length": "0",
     }
@@ -67,7 +70,7 @@ def _acceptable(request: web.Request, media_type: str) -> bool:
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     name = repo_name(request)
     reference = request.match_info["reference"]
-    rec = await registry_of(request).get_manifest(name, reference)
+    rec = await registry_of(request).manifests.get(name, reference)
     if not _acceptable(request, rec.media_type):
         # We never convert formats; a client that accepts none of ours gets nothing.
         raise ManifestUnknown(
@@ -86,7 +89,7 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
 
 async def delete_manifest(request: web.Request) -> web.StreamResponse:
     name = repo_name(request)
-    await registry_of(request).delete_manifest(
+    await registry_of(request).manifests.delete(
         name, request.match_info["reference"], origin(request)
     )
     return web.Response(status=202)

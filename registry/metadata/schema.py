@@ -1,159 +1,108 @@
-"""SQLite schemas with versioned migrations (PRAGMA user_version counts applied steps)."""
+"""The registry's tables (component "registry" of the state store), as versioned steps.
+
+Every customer's rows live in the same tables, each carrying the customer's id: a customer is a
+key, not a file, so 500 active customers cost what one does (one connection, one statement
+cache, one writer). Tenant isolation is a rule of the code that reads them (tenant.py).
+
+- customers: one row per customer that ever held anything; `quota_bytes` set by `dockyard quota`.
+- repositories: names are unique across customers (the first component names the customer).
+- held_blobs: the blobs a customer holds, in at least one repository (or until GC releases them).
+- repo_blobs: which repository links which blob. `deleted = 1` is a tombstone: the blob was
+  deleted from that repository explicitly, which hides customer-wide dedup there until the blob
+  is linked into it again (spec: "Deleting Blobs"; issue 16).
+- manifests / manifest_refs / tags: manifests with their payload, what each references ('blob',
+  'manifest' for index children, 'subject'), and tags.
+- uploads: upload sessions, with the driver's state and the saved hash state.
+- blob_index: which stored object holds each digest, for every customer at once (stored once);
+  `used_at` is refreshed whenever the registry relies on the row, and GC deletes only rows
+  unused for its grace period.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-
-import aiosqlite
-
-# Per-customer database: everything one customer owns. One customer's load, corruption or
-# deletion never touches another's.
-CUSTOMER_MIGRATIONS: list[str] = [
+STEPS: list[str] = [
     """
-    CREATE TABLE repositories (
-        id INTEGER PRIMARY KEY,
-        name TEXT UNIQUE NOT NULL,
-        created_at REAL NOT NULL
+    CREATE TABLE customers (
+        id {serial},
+        name TEXT NOT NULL UNIQUE,
+        quota_bytes BIGINT,
+        created_at DOUBLE PRECISION NOT NULL
     );
-    -- Blobs this customer holds (in at least one repository, or mid-GC).
-    CREATE TABLE blobs (
-        digest TEXT PRIMARY KEY,
-        size INTEGER NOT NULL,
-        created_at REAL NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE repo_blobs (
-        repo_id INTEGER NOT NULL REFERENCES repositories(id),
+    CREATE TABLE repositories (
+        id {serial},
+        customer_id BIGINT NOT NULL REFERENCES customers (id),
+        name TEXT {bytewise} NOT NULL UNIQUE,
+        created_at DOUBLE PRECISION NOT NULL,
+        pushed_at DOUBLE PRECISION
+    );
+    CREATE INDEX repositories_customer ON repositories (customer_id, name);
+    CREATE TABLE held_blobs (
+        customer_id BIGINT NOT NULL,
         digest TEXT NOT NULL,
-        created_at REAL NOT NULL,
+        size BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (customer_id, digest)
+    ) {without_rowid};
+    CREATE INDEX held_blobs_digest ON held_blobs (digest);
+    CREATE TABLE repo_blobs (
+        repo_id BIGINT NOT NULL,
+        customer_id BIGINT NOT NULL,
+        digest TEXT NOT NULL,
+        linked_at DOUBLE PRECISION NOT NULL,
+        deleted SMALLINT NOT NULL DEFAULT 0,
         PRIMARY KEY (repo_id, digest)
-    ) WITHOUT ROWID;
-    CREATE INDEX repo_blobs_digest ON repo_blobs(digest);
+    ) {without_rowid};
+    CREATE INDEX repo_blobs_customer_digest ON repo_blobs (customer_id, digest);
     CREATE TABLE manifests (
-        repo_id INTEGER NOT NULL REFERENCES repositories(id),
+        repo_id BIGINT NOT NULL,
+        customer_id BIGINT NOT NULL,
         digest TEXT NOT NULL,
         media_type TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        payload BLOB NOT NULL,
+        size BIGINT NOT NULL,
+        payload {blob} NOT NULL,
         artifact_type TEXT,
         subject TEXT,
         annotations TEXT,
-        created_at REAL NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (repo_id, digest)
     );
-    CREATE INDEX manifests_subject ON manifests(repo_id, subject);
-    -- What a manifest references: kind is 'blob', 'manifest' (index children) or 'subject'.
+    CREATE INDEX manifests_subject ON manifests (repo_id, subject);
+    CREATE INDEX manifests_customer ON manifests (customer_id, created_at);
     CREATE TABLE manifest_refs (
-        repo_id INTEGER NOT NULL,
+        repo_id BIGINT NOT NULL,
         manifest TEXT NOT NULL,
         ref TEXT NOT NULL,
         kind TEXT NOT NULL,
         PRIMARY KEY (repo_id, manifest, ref, kind)
-    ) WITHOUT ROWID;
-    CREATE INDEX manifest_refs_ref ON manifest_refs(repo_id, ref);
+    ) {without_rowid};
+    CREATE INDEX manifest_refs_ref ON manifest_refs (repo_id, ref);
     CREATE TABLE tags (
-        repo_id INTEGER NOT NULL REFERENCES repositories(id),
-        name TEXT NOT NULL,
+        repo_id BIGINT NOT NULL,
+        name TEXT {bytewise} NOT NULL,
         digest TEXT NOT NULL,
-        updated_at REAL NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (repo_id, name)
-    ) WITHOUT ROWID;
-    CREATE INDEX tags_digest ON tags(repo_id, digest);
+    ) {without_rowid};
+    CREATE INDEX tags_digest ON tags (repo_id, digest);
     CREATE TABLE uploads (
         id TEXT PRIMARY KEY,
-        repo_id INTEGER NOT NULL REFERENCES repositories(id),
+        repo_id BIGINT NOT NULL,
+        customer_id BIGINT NOT NULL,
         algorithm TEXT NOT NULL,
-        offset INTEGER NOT NULL,
+        received BIGINT NOT NULL,
         driver TEXT NOT NULL,
+        hash_state {blob},
         owner TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
     );
-    """,
-    """
-    CREATE TABLE settings (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    CREATE INDEX manifests_created ON manifests(created_at);
-    """,
-]
-
-# The global blob index: which stored object holds each digest. Shared by every customer; it
-# is what garbage collection sweeps against.
-INDEX_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE blobs (
+    CREATE INDEX uploads_customer ON uploads (customer_id);
+    CREATE TABLE blob_index (
         digest TEXT PRIMARY KEY,
         key TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        created_at REAL NOT NULL
-    ) WITHOUT ROWID;
+        size BIGINT NOT NULL,
+        used_at DOUBLE PRECISION NOT NULL
+    ) {without_rowid};
+    CREATE INDEX blob_index_key ON blob_index (key);
     """,
 ]
-
-
-async def migrate(
-    db: aiosqlite.Connection, migrations: list[str] | tuple[str, ...], name: str = "metadata"
-) -> None:
-    """Apply missing steps; the version is read under the write lock so that several worker
-    processes opening one database at once migrate it exactly once."""
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        async with db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = row[0] if row else 0
-        if version > len(migrations):
-            raise RuntimeError(
-                f"{name} database is at schema version {version}, newer than this dockyard "
-                f"({len(migrations)})"
-            )
-        for step, script in enumerate(migrations[version:], start=version + 1):
-            for statement in statements(script):
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {step}")
-        await db.execute("COMMIT")
-    except BaseException:
-        await db.execute("ROLLBACK")
-        raise
-
-
-def statements(script: str) -> list[str]:
-    """Split a migration script: executescript() would COMMIT the migration's transaction
-    first. Comment lines are dropped; statements hold no semicolons in their bodies."""
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-
-def connect_reader(path: str) -> sqlite3.Connection:
-    """A read-only connection for synchronous point queries on the event loop."""
-    db = sqlite3.connect(
-        f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-    )
-    db.execute("PRAGMA busy_timeout=2000")
-    return db
-
-
-async def use_wal(db: aiosqlite.Connection) -> None:
-    """Switch a database to WAL. Several processes creating one database at once (worker
-    processes, a CLI beside the server) can get SQLITE_BUSY here without the busy handler being
-    consulted, so retry for a while."""
-    for attempt in range(100):
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            await asyncio.sleep(0.01 * min(attempt + 1, 10))
-    await db.execute("PRAGMA journal_mode=WAL")
-
-
-async def connect(path: str, migrations: list[str]) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path, isolation_level=None)
-    await db.execute("PRAGMA busy_timeout=10000")
-    await use_wal(db)
-    await db.execute("PRAGMA synchronous=NORMAL")
-    await db.execute("PRAGMA foreign_keys=ON")
-    await migrate(db, migrations)
-    return db

@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import StorageSettings
-from .base import BlobSource, BlobStore, LocalFile, Redirect, StorageError, Stream, UploadState
+from .base import (
+    BlobSource,
+    BlobStore,
+    LocalFile,
+    Redirect,
+    StorageError,
+    Stream,
+    UploadState,
+    UploadUnreadable,
+)
 
 
 def make_store(settings: StorageSettings, data_dir: Path) -> BlobStore:
@@ -28,5 +37,6 @@ __all__ = [
     "StorageError",
     "Stream",
     "UploadState",
+    "UploadUnreadable",
     "make_store",
 ]

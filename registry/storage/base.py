@@ -6,7 +6,13 @@ blob index records per digest). It knows nothing of repositories, customers or m
 
 Contract:
 - `write_upload` appends a stream at `state.offset` and returns the new offset and driver state;
-  a failed write leaves the session at its old offset (a chunk is all or nothing).
+  a failed write leaves the session at its old offset (a chunk is all or nothing). The registry
+  then records the new state only if nobody else moved the session meanwhile, and tells the
+  driver with `settle_write`, so that the objects of the losing state can go.
+- Everything a session needs is in its state (which the registry keeps in its database, shared
+  by every node): a driver keeps no local file per session, so any node continues any upload.
+  `read_upload` may therefore be impossible (S3 cannot read back the parts of a multipart upload
+  in progress): it raises UploadUnreadable, and the registry relies on its saved hash state.
 - `commit_upload` turns a finished session into a blob and returns its key; bytes are never
   copied server-side. Committing the same digest twice is safe: the caller keeps the first key
   recorded in the index and deletes the other with `delete_blob` (a no-op when keys are equal).
@@ -18,6 +24,7 @@ Contract:
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +67,11 @@ class StorageError(Exception):
     """The backing store failed or is unreachable; the request may be retried."""
 
 
+class UploadUnreadable(StorageError):
+    """The driver cannot stream back the bytes of this session (they are in the store, but not
+    readable until committed)."""
+
+
 class BlobStore(abc.ABC):
     #: Smallest chunk the driver takes without buffering (advertised as OCI-Chunk-Min-Length).
     chunk_min_length: int = 0
@@ -80,13 +92,33 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     async def write_upload(
-        self, state: UploadState, blocks: AsyncIterator[bytes], sink: BlockSink
+        self,
+        state: UploadState,
+        blocks: AsyncIterator[bytes],
+        sink: BlockSink,
+        size_hint: int | None = None,
     ) -> UploadState:
-        """Append `blocks` at `state.offset`, passing each block to `sink` before returning."""
+        """Append `blocks` at `state.offset`, passing each block to `sink` before returning.
+
+        `size_hint` is the session's size after this write when the client declared it
+        (Content-Length), for drivers that size their parts by it."""
+
+    async def settle_write(
+        self, previous: UploadState, current: UploadState, recorded: bool
+    ) -> None:
+        """After `write_upload` turned `previous` into `current`: the registry recorded
+        `current` (drop what only `previous` needed) or did not (drop what only `current`
+        needed). Best effort; garbage collection sweeps whatever stays behind."""
+
+    def session_keys(self, state: UploadState) -> set[str]:
+        """Blob keys (as `list_blob_keys` names them) of objects this session's bytes occupy
+        before commit: garbage collection leaves them alone while the session lives, and a
+        session whose key the blob index already records was committed."""
+        return set()
 
     @abc.abstractmethod
     def read_upload(self, state: UploadState) -> AsyncIterator[bytes]:
-        """Stream the bytes written so far (used to re-hash a session after a restart)."""
+        """Stream the bytes written so far, or raise UploadUnreadable (see above)."""
 
     @abc.abstractmethod
     async def commit_upload(self, state: UploadState, digest: str) -> str:
@@ -103,6 +135,21 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def open_blob(self, key: str, size: int, start: int, end: int) -> BlobSource:
         """Give access to bytes start..end (inclusive) of the blob at `key`."""
+
+    async def read_blob(self, key: str, size: int) -> AsyncIterator[bytes]:
+        """The whole blob as a stream, for the registry itself (never a redirect)."""
+        if size == 0:
+            return
+        source = await self.open_blob(key, size, 0, size - 1)
+        if isinstance(source, Stream):
+            async for block in source.chunks():
+                yield block
+        elif isinstance(source, LocalFile):
+            with open(source.path, "rb") as fh:
+                while block := await asyncio.to_thread(fh.read, 1 << 20):
+                    yield block
+        else:
+            raise StorageError(f"{self.name} driver cannot stream blob {key[:80]!r} itself")
 
     @abc.abstractmethod
     async def delete_blob(self, key: str) -> None:

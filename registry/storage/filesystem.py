@@ -54,7 +54,11 @@ class FilesystemStore(BlobStore):
         return {}
 
     async def write_upload(
-        self, state: UploadState, blocks: AsyncIterator[bytes], sink: BlockSink
+        self,
+        state: UploadState,
+        blocks: AsyncIterator[bytes],
+        sink: BlockSink,
+        size_hint: int | None = None,
     ) -> UploadState:
         path = self._upload_path(state.id)
         try:

@@ -1,4 +1,8 @@
-"""Run the same end-to-end test on every storage driver."""
+"""Run the same end-to-end test on every setup: storage driver, and where the metadata lives.
+
+"filesystem" and "s3" keep metadata in the embedded SQLite file; "s3+postgresql" is the
+scale-out setup (S3 blobs, a fresh PostgreSQL database per test).
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,25 @@ from registry.storage import make_store
 
 from .server import DockyardServer
 
-DRIVERS = ["filesystem", "s3"]
+DRIVERS = ["filesystem", "s3", "s3+postgresql"]
 
 
 def driver_config(request: pytest.FixtureRequest, driver: str) -> str:
-    """Config text putting a server's blobs on `driver` (a fresh bucket per test on S3)."""
-    if driver == "filesystem":
-        return ""
-    seaweed = request.getfixturevalue("seaweed")
-    return seaweed.config_text(bucket=f"t-{secrets.token_hex(6)}")
+    """Config text for setup `driver` (a fresh bucket and database per test)."""
+    storage, _, metadata = driver.partition("+")
+    text = ""
+    if storage == "s3":
+        seaweed = request.getfixturevalue("seaweed")
+        text += seaweed.config_text(bucket=f"t-{secrets.token_hex(6)}")
+    if metadata == "postgresql":
+        text += metadata_config(request)
+    return text
+
+
+def metadata_config(request: pytest.FixtureRequest) -> str:
+    """A `[metadata]` section on a fresh PostgreSQL database of the session's cluster."""
+    url = request.getfixturevalue("postgres").new_database()
+    return f'\n[metadata]\nurl = "{url}"\n'
 
 
 def stored_keys(server: DockyardServer) -> list[str]:

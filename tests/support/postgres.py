@@ -112,10 +112,12 @@ class PostgresCluster:
     def url(self, db: str) -> str:
         return f"postgresql://dockyard:{PASSWORD}@127.0.0.1:{self.port}/{db}"
 
-    def new_database(self) -> str:
-        """A fresh empty database owned by the dockyard role; returns its URL."""
+    def new_database(self, template: str = "") -> str:
+        """A fresh database owned by the dockyard role (empty, or a copy of `template`, which
+        nobody may be connected to); returns its URL."""
         name = f"t_{secrets.token_hex(6)}"
-        self.psql(f"CREATE DATABASE {name} OWNER dockyard")
+        copy = f" TEMPLATE {template}" if template else ""
+        self.psql(f"CREATE DATABASE {name} OWNER dockyard{copy}")
         return self.url(name)
 
     def stop(self) -> None:

@@ -46,10 +46,13 @@ def free_port() -> int:
 
 
 def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge `extra` over `base` (dicts merge key by key, anything else replaces)."""
+    """Deep-merge `extra` over `base` (dicts merge key by key, anything else replaces; a None
+    value removes the key, e.g. `{"storage": {"filesystem": None, "s3": {…}}}`)."""
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = merge_config(merged[key], value)
         else:
             merged[key] = value

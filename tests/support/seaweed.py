@@ -76,6 +76,7 @@ class SeaweedFS:
         self.port = self.ports["s3.port"]
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
 
     def _write_identity(self) -> Path:
         path = self.root / "s3.json"
@@ -110,7 +111,7 @@ class SeaweedFS:
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
         return args
 
-    def start(self, timeout: float = 60.0) -> SeaweedFS:
+    def start(self, timeout: float = 60.0, retry: int = 3) -> SeaweedFS:
         for sub in ("logs", "data"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._write_identity()
@@ -124,8 +125,19 @@ class SeaweedFS:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "Port allocation failed" in self.log() and not self._started_once and retry:
+                    # A free port picked here was taken by another process before weed bound
+                    # it (other test sessions run beside this one): pick new ones, once more.
+                    self.ports = dict(
+                        zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True)
+                    )
+                    self.port = self.ports["s3.port"]
+                    self.endpoint = f"http://127.0.0.1:{self.port}"
+                    (self.root / "weed.log").unlink(missing_ok=True)
+                    return self.start(timeout, retry=retry - 1)
                 missing(f"weed exited with {self.proc.returncode}: {self.log()[-2000:]}")
             if self._healthy():
+                self._started_once = True
                 return self
             time.sleep(0.1)
         self.stop()

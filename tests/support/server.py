@@ -13,9 +13,25 @@ from .net import free_port, wait_http
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _metadata_url(config_text: str) -> str | None:
+    import tomllib
+
+    try:
+        return tomllib.loads(config_text).get("metadata", {}).get("url") or None
+    except tomllib.TOMLDecodeError:
+        return None
+
+
 class DockyardServer:
-    def __init__(self, data_dir: Path, config_text: str = "", env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        config_text: str = "",
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self.data_dir = data_dir
+        self.args = tuple(args)  # extra `dockyard serve` arguments
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
@@ -24,6 +40,8 @@ class DockyardServer:
         self.env = {**os.environ, **(env or {})}
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        # The state store the server uses: its own PostgreSQL URL when the config names one.
+        self.metadata_url: str | None = _metadata_url(config_text)
 
     def start(self) -> DockyardServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -40,6 +58,7 @@ class DockyardServer:
                 str(self.data_dir),
                 "--addr",
                 self.host,
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

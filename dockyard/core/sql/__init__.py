@@ -3,8 +3,8 @@
 One `Database` object per process is opened by the composition root and handed to each part,
 which migrates its own tables (`Database.migrate(component, steps)`) and writes portable SQL
 with `?` placeholders. What differs between the two engines stays in this package: placeholder
-style, DDL spellings (`{serial}`, `{blob}`, `{without_rowid}`), row counts, error types, the
-clock used for leases, and how a transaction serialises writers.
+style, DDL spellings (`{serial}`, `{blob}`, `{without_rowid}`, `{bytewise}`), row counts, error
+types, the clock used for leases, and how a transaction serialises writers.
 """
 
 from .base import (

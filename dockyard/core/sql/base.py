@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 import abc
+import contextvars
+import logging
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from .script import render, split_statements
 
 Args = Sequence[Any]
+log = logging.getLogger("dockyard.sql")
+
+
+# The database whose transaction the current task is in. A statement on the database itself
+# from inside one of its transactions is a bug of the caller, which must use the transaction:
+# on PostgreSQL it takes a second pooled connection while holding one (a burst of such
+# transactions exhausts the pool waiting on each other), on SQLite a write would wait forever
+# for the writer lock its own task holds. Logged once per statement, or raised where
+# DOCKYARD_STRICT_TRANSACTIONS is set (the test suite).
+IN_TRANSACTION: contextvars.ContextVar[object] = contextvars.ContextVar(
+    "in_transaction", default=None
+)
+_STRICT = bool(os.environ.get("DOCKYARD_STRICT_TRANSACTIONS"))
+_reported: set[str] = set()
+
+
+def nested_statement(sql: str, *, fatal: bool = False) -> None:
+    message = f"statement outside the open transaction of this task: {sql[:200]}"
+    if _STRICT or fatal:
+        raise RuntimeError(message)
+    if sql not in _reported:
+        _reported.add(sql)
+        log.warning("%s", message, stack_info=True)
 
 
 class Row(Protocol):
@@ -19,6 +45,8 @@ class Row(Protocol):
     def __getitem__(self, key: int | str) -> Any: ...
 
     def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
     def keys(self) -> Iterable[str]: ...
 

@@ -19,7 +19,16 @@ from typing import Any
 
 import asyncpg
 
-from .base import Args, Database, DatabaseUnavailable, IntegrityError, Row, Transaction
+from .base import (
+    IN_TRANSACTION,
+    Args,
+    Database,
+    DatabaseUnavailable,
+    IntegrityError,
+    Row,
+    Transaction,
+    nested_statement,
+)
 from .script import to_numbered
 
 MIGRATION_LOCK = 0x646F636B  # "dock": the advisory lock id every node's migrations take
@@ -123,7 +132,9 @@ class PostgresDatabase(Database):
         try:
             self._pool = await asyncpg.create_pool(
                 self.url,
-                min_size=1,
+                # No floor: asyncpg would reconnect it in a loop during an outage, logging a
+                # traceback each second; requests reconnect on demand instead.
+                min_size=0,
                 max_size=self._pool_size,
                 timeout=self._connect_timeout,
                 command_timeout=self._statement_timeout,
@@ -142,6 +153,8 @@ class PostgresDatabase(Database):
         return self._pool
 
     async def _run(self, method: str, sql: str, args: Args) -> Any:
+        if IN_TRANSACTION.get() is self:
+            nested_statement(sql)
         try:
             async with self.pool.acquire(timeout=self._connect_timeout) as conn:
                 return await getattr(conn, method)(_sql(sql), *args)
@@ -160,10 +173,13 @@ class PostgresDatabase(Database):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
+        if IN_TRANSACTION.get() is self:
+            nested_statement("BEGIN (inside a transaction)")
         try:
             conn = await self.pool.acquire(timeout=self._connect_timeout)
         except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
             raise _translate(exc) from exc
+        token = IN_TRANSACTION.set(self)
         try:
             tx = conn.transaction()
             try:
@@ -181,6 +197,7 @@ class PostgresDatabase(Database):
             except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
                 raise _translate(exc) from exc
         finally:
+            IN_TRANSACTION.reset(token)
             with contextlib.suppress(Exception):
                 await self.pool.release(conn)
 

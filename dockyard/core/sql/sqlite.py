@@ -21,7 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from .base import Args, Database, DatabaseUnavailable, IntegrityError, Row, Transaction
+from .base import (
+    IN_TRANSACTION,
+    Args,
+    Database,
+    DatabaseUnavailable,
+    IntegrityError,
+    Row,
+    Transaction,
+    nested_statement,
+)
 
 T = TypeVar("T")
 
@@ -149,16 +158,22 @@ class SqliteDatabase(Database):
         return self._writer
 
     async def execute(self, sql: str, args: Args = ()) -> int:
+        if IN_TRANSACTION.get() is self:
+            nested_statement(sql, fatal=True)  # it would wait forever for its own lock
         async with self.transaction() as tx:
             return await tx.execute(sql, args)
 
     async def fetchone(self, sql: str, args: Args = ()) -> Row | None:
+        if IN_TRANSACTION.get() is self:
+            nested_statement(sql)
         try:
             return self.reader.execute(sql, tuple(args)).fetchone()
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
     async def fetchall(self, sql: str, args: Args = ()) -> list[Row]:
+        if IN_TRANSACTION.get() is self:
+            nested_statement(sql)
         try:
             return self.reader.execute(sql, tuple(args)).fetchall()
         except sqlite3.Error as exc:
@@ -166,18 +181,23 @@ class SqliteDatabase(Database):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
+        if IN_TRANSACTION.get() is self:
+            nested_statement("BEGIN (inside a transaction)", fatal=True)
         async with self._lock:
             conn = self.writer
             try:
                 await self._in_thread(lambda: conn.execute("BEGIN IMMEDIATE"))
             except sqlite3.Error as exc:
                 raise _translate(exc) from exc
+            token = IN_TRANSACTION.set(self)
             try:
                 yield SqliteTransaction(conn)
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     await self._in_thread(lambda: conn.execute("ROLLBACK"))
                 raise
+            finally:
+                IN_TRANSACTION.reset(token)
             try:
                 await self._in_thread(lambda: conn.execute("COMMIT"))
             except sqlite3.Error as exc:
