@@ -9,6 +9,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -145,6 +146,16 @@ def deployment_event(event: dict[str, Any], default_customer: str) -> RegistryEv
     )
 
 
+def own_registry(config: Config) -> str:
+    """host:port of this server as engines should name it."""
+    if config.http.public_url:
+        return urlsplit(config.http.public_url).netloc
+    host, _, port = config.http.addr.rpartition(":")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
 def setup_launcher(app: web.Application, config: Config, db: Database, leases: Leases) -> None:
     """Push-to-deploy in process: fed from the durable outbox, so no push is missed across
     restarts; its deployment state changes go back out through the same outbox. Its tables live
@@ -153,6 +164,10 @@ def setup_launcher(app: web.Application, config: Config, db: Database, leases: L
     settings = launcher_settings(config)
     if not settings.enabled:
         return
+    if settings.registry is None:
+        # In process the registry is this server: engines pull from its public address, never
+        # from Docker Hub (what a bare `acme/web@sha256:…` would mean to them).
+        settings = dataclasses.replace(settings, registry=own_registry(config))
     default_customer = config.registry.default_customer
 
     async def on_deployment(event: dict[str, Any]) -> None:

@@ -267,11 +267,21 @@ def run_command(args: argparse.Namespace, client: Client) -> None:
         elif sub == "show":
             show(args, c.call("GET", f"/services/{args.name}"))
         elif sub == "create":
-            body: dict[str, Any] = {
-                "name": args.name, "repository": args.repository,
-                "taskDefinition": args.task_definition, "tags": args.tags or ["*"],
-                "desiredCount": args.desired_count,
-            }
+            body: dict[str, Any] = _read_json(args.file) if args.file else {}
+            if not isinstance(body, dict):
+                raise ApiError(f"{args.file}: a service is a JSON object")
+            for key, value in (("name", args.name), ("repository", args.repository),
+                               ("taskDefinition", args.task_definition), ("tags", args.tags),
+                               ("desiredCount", args.desired_count)):
+                if value is not None:
+                    body[key] = value
+            missing = [flag for flag, key in (("--name", "name"), ("--repository", "repository"),
+                                              ("--task-definition", "taskDefinition"))
+                       if key not in body]
+            if missing:
+                raise ApiError(f"services create needs {', '.join(missing)} (or --file)")
+            body.setdefault("tags", ["*"])
+            body.setdefault("desiredCount", 1)
             _service_options(args, body)
             if args.digest:
                 body["digest"] = args.digest
@@ -413,12 +423,15 @@ def register(subparsers: Any, settings_for: SettingsFor) -> argparse.ArgumentPar
     svcs = svc.add_subparsers(dest="action", required=True)
     leaf(svcs, "list", "list services")
     leaf(svcs, "show", "show a service and its tasks").add_argument("name")
-    create = leaf(svcs, "create", "create a service")
-    create.add_argument("--name", required=True)
-    create.add_argument("--repository", required=True, type=repository_arg)
-    create.add_argument("--task-definition", required=True, help="FAMILY or FAMILY:REVISION")
+    create = leaf(svcs, "create", "create a service (from flags, or --file SERVICE.json)")
+    create.add_argument("--file", metavar="FILE",
+                        help="the service as JSON (examples/launcher/*.service.json); flags "
+                             "given as well override its fields")
+    create.add_argument("--name")
+    create.add_argument("--repository", type=repository_arg)
+    create.add_argument("--task-definition", help="FAMILY or FAMILY:REVISION")
     create.add_argument("--tags", nargs="+", help="tag glob patterns (default *)")
-    create.add_argument("--desired-count", type=int, default=1)
+    create.add_argument("--desired-count", type=int)
     create.add_argument("--digest", help="deploy this digest right away")
     update = leaf(svcs, "update", "change desired count, task definition, tags, placement, "
                   "rollout, policy, ingress")

@@ -185,15 +185,21 @@ class TaskRunner:
             targets = containers
         volumes = {v["name"]: v for v in task_def.get("volumes") or ()}
         specs = []
+        # The containers of a task share the host's network, so each one is told every named
+        # port of the task ($PORT_<NAME>: a frontend finds its backend), and $PORT is its own.
+        own_port: dict[str, str] = {}
+        named_ports: dict[str, str] = {}
         for c in start_order(containers):
-            ports_env: dict[str, str] = {}
             for pm in c["portMappings"]:
-                port = pm["hostPort"] or dynamic.pop(0)
-                ports_env.setdefault("PORT", str(port))
+                port = str(pm["hostPort"] or dynamic.pop(0))
+                own_port.setdefault(c["name"], port)
                 if pm["name"]:
-                    ports_env[f"PORT_{pm['name'].upper()}"] = str(port)
+                    named_ports[f"PORT_{pm['name'].upper()}"] = port
+        for c in start_order(containers):
             env = {e["name"]: e["value"] for e in c["environment"]}
-            env.update(ports_env)
+            env.update(named_ports)
+            if c["name"] in own_port:
+                env["PORT"] = own_port[c["name"]]
             env.update(
                 DOCKYARD_TASK_ID=task_id,
                 DOCKYARD_SERVICE=service["name"],
