@@ -52,6 +52,18 @@ class StaticInstance:
 
 
 @dataclass(frozen=True)
+class SwarmSettings:
+    """`[launcher.swarm]`: the manager the `swarm` backend hands services to."""
+
+    endpoint: str  # unix:///var/run/docker.sock, or tcp://manager:2376 with tls
+    tls: TlsFiles | None = None
+    network: str = "host"  # what the service's tasks attach to
+
+
+BACKENDS = ("engines", "swarm")
+
+
+@dataclass(frozen=True)
 class IngressSettings:
     addr: str  # host:port the reverse proxy listens on
     drain_seconds: float = 2.0  # a retired task keeps its connections this long
@@ -110,6 +122,8 @@ class LauncherSettings:
     ingress: IngressSettings | None = None
     volume_roots: tuple[str, ...] = ()  # host directories bind mounts may be under
     keep_images: int = 2  # per service on each instance: running + previous deployment
+    backend: str = "engines"  # where tasks run: dockyard's own placement, or a Swarm
+    swarm: SwarmSettings | None = None
 
     @property
     def ingress_addr(self) -> str | None:
@@ -238,6 +252,19 @@ class LauncherSettings:
                 drain_seconds=float(ing.get("drain_seconds", 2.0)),
                 upstream_timeout=float(ing.get("upstream_timeout", 60.0)),
             )
+        backend = s.get("backend", "engines")
+        if backend not in BACKENDS:
+            raise InvalidRequest(f"launcher.backend must be one of {', '.join(BACKENDS)}")
+        kwargs["backend"] = backend
+        if s.get("swarm") is not None:
+            sw = s["swarm"]
+            if not isinstance(sw, dict) or not isinstance(sw.get("endpoint"), str):
+                raise InvalidRequest('launcher.swarm needs endpoint = "unix://…" or "tcp://…"')
+            kwargs["swarm"] = SwarmSettings(endpoint=sw["endpoint"],
+                                            tls=parse_tls(sw, "launcher.swarm"),
+                                            network=str(sw.get("network", "host")))
+        if backend == "swarm" and "swarm" not in kwargs:
+            raise InvalidRequest('backend = "swarm" needs [launcher.swarm] endpoint')
         return cls(
             enabled=bool(s.get("enabled", False)),
             data_dir=data_dir,

@@ -28,33 +28,24 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from launcher.backend import CANNOT_PLACE, Backend, DeploymentFailed
 from launcher.config import LauncherSettings
-from launcher.errors import LauncherError, NoCapacity, NotFound, TaskFailed
-from launcher.model import rollout_bounds
+from launcher.engines_backend import EnginesBackend
+from launcher.errors import NotFound
 from launcher.store import Store, _iso
-from launcher.tasks import FAILED, HEALTHY, TaskRunner, health_budget
+from launcher.tasks import TaskRunner
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[dict[str, Any]], Awaitable[None]]
 
-UNHEALTHY = "UNHEALTHY"
-CANNOT_PLACE = "CANNOT_PLACE"
-
-
-class DeploymentFailed(Exception):
-    def __init__(self, reason: str, kind: str = UNHEALTHY) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.kind = kind
-
-
 class Deployments:
     def __init__(self, settings: LauncherSettings, store: Store, runner: TaskRunner,
-                 listener: Listener | None) -> None:
+                 listener: Listener | None, backend: Backend | None = None) -> None:
         self.settings = settings
         self.store = store
         self.runner = runner
+        self.backend: Backend = backend or EnginesBackend(settings, store, runner)
         self.listener = listener
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -183,7 +174,11 @@ class Deployments:
             dep = await self._set_state(dep, "IN_PROGRESS", None)
         try:
             task_def = await self.store.get_task_definition(dep["family"], dep["revision"])
-            await self._converge(dep, service, task_def, deploying=True)
+
+            async def make_current() -> None:
+                await self._make_current(service["name"], dep["id"])
+
+            await self.backend.roll_out(service, dep, task_def, make_current)
         except DeploymentFailed as failure:
             await self._fail(dep, service, failure)
             return
@@ -192,7 +187,8 @@ class Deployments:
             dep, "SUCCESSFUL",
             f"{service['desiredCount']} task(s) of {dep['image']} healthy",
         )
-        self._clean_images_later(service["name"])
+        if self.backend.name == "engines":
+            self._clean_images_later(service["name"])
 
     async def _make_current(self, name: str, dep_id: str) -> None:
         service = await self.store.get_service(name)
@@ -217,8 +213,7 @@ class Deployments:
             with contextlib.suppress(NotFound):
                 target = await self.store.get_deployment(service["currentDeployment"])
         if target is None:
-            for task in await self.store.list_tasks(deployment_id=dep["id"], active=True):
-                await self.runner.stop(task, f"deployment {end.lower()}")
+            await self.backend.stop_deployment(dep, f"deployment {end.lower()}")
             suffix = ""
             if end == "FAILED":
                 suffix = ("; no earlier successful deployment to return to"
@@ -226,18 +221,30 @@ class Deployments:
                           "service")
             await self._set_state(dep, end, reason + suffix, failure=failure.kind)
             return
+        if failure.rolled_back:
+            # The backend returned to the previous version by itself (Swarm's update
+            # failure_action): record what it did rather than rolling back a second time.
+            dep = await self._set_state(dep, end, reason, rollback_to=target["id"],
+                                        failure=failure.kind)
+            await self.store.add_service_event(
+                dep["service"], "rollback",
+                f"{self.backend.name} rolled back from {dep['image']} to {target['image']}",
+                deployment_id=dep["id"])
+            await self._set_state(
+                dep, "ROLLED_BACK",
+                f"{reason}; rolled back to {target['image']} (deployment {target['id']})",
+                rollback="DONE")
+            return
         dep = await self._set_state(dep, end, reason, rollback="PENDING",
                                     rollback_to=target["id"], failure=failure.kind)
         await self._rollback(dep, reason)
 
     async def _rollback(self, dep: dict[str, Any], reason: str) -> None:
-        for task in await self.store.list_tasks(deployment_id=dep["id"], active=True):
-            await self.runner.stop(task, f"deployment {dep['state'].lower()}: rolled back")
         service = await self.store.get_service(dep["service"])
         target = await self.store.get_deployment(dep["rollbackTo"])
         try:
             task_def = await self.store.get_task_definition(target["family"], target["revision"])
-            await self._converge(target, service, task_def, deploying=True)
+            await self.backend.return_to(service, dep, target, task_def)
         except (DeploymentFailed, NotFound) as exc:
             why = exc.reason if isinstance(exc, DeploymentFailed) else exc.message
             await self._set_state(dep, dep["state"],
@@ -271,7 +278,7 @@ class Deployments:
         dep = await self.store.get_deployment(service["currentDeployment"])
         try:
             task_def = await self.store.get_task_definition(dep["family"], dep["revision"])
-            await self._converge(dep, service, task_def, deploying=False)
+            await self.backend.keep_running(service, dep, task_def)
         except (DeploymentFailed, NotFound) as exc:
             why = exc.reason if isinstance(exc, DeploymentFailed) else exc.message
             failures += 1
@@ -291,13 +298,8 @@ class Deployments:
     async def _delete(self, service: dict[str, Any]) -> None:
         for dep in await self.store.list_deployments(service["name"], ["PENDING", "IN_PROGRESS"]):
             await self._set_state(dep, "FAILED", "service deleted", failure="DELETED")
-        for task in await self.store.list_tasks(service=service["name"], active=True):
-            await self.runner.stop(task, "service deleted", drain=self._drain(service))
+        await self.backend.retire(service)
         await self.store.delete_service(service["name"])
-
-    def _drain(self, service: dict[str, Any]) -> float:
-        ingress = self.settings.ingress
-        return ingress.drain_seconds if ingress and service.get("ingress") else 0.0
 
     # --- image cleanup ----------------------------------------------------------------------
 
@@ -330,158 +332,3 @@ class Deployments:
             raise
         except Exception:
             log.exception("service %s: image cleanup failed", name)
-
-    # --- convergence ------------------------------------------------------------------------
-
-    async def _converge(self, dep: dict[str, Any], service: dict[str, Any],
-                        task_def: dict[str, Any], *, deploying: bool) -> None:
-        """Bring `desiredCount` tasks of `dep` to HEALTHY and stop every other task of the
-        service, within the rollout bounds. Raises DeploymentFailed when tasks of `dep` fail
-        (as many as the circuit breaker allows) or cannot be placed.
-        """
-        name = service["name"]
-        budget = health_budget(task_def, self.settings)
-        breaker = service.get("deploymentCircuitBreaker") or {"threshold": 1}
-        threshold = int(breaker.get("threshold", 1))
-        replaced = 0  # steady state: tasks that died and were replaced in this pass
-        failed = int(dep.get("failedTasks") or 0) if deploying else 0
-        while True:
-            service = await self.store.get_service(name)
-            drain = self._drain(service)
-            desired = service["desiredCount"]
-            min_healthy, max_total = rollout_bounds(desired, service["deploymentConfiguration"])
-            draining = {i["id"] for i in await self.store.list_instances()
-                        if i["status"] != "ACTIVE"}
-            tasks = await self.store.list_tasks(service=name, active=True)
-            new = [t for t in tasks if t["deploymentId"] == dep["id"]
-                   and t["instanceId"] not in draining]
-            old = [t for t in tasks if t not in new]
-            healthy: list[dict[str, Any]] = []
-            starting = 0
-            tasks_changed = False
-            for task in new:
-                if task["status"] != "RUNNING":
-                    starting += 1  # another coroutine is still pulling/starting it
-                    continue
-                state, why = await self.runner.check(task, task_def)
-                if state == HEALTHY:
-                    healthy.append(task)
-                    continue
-                if state != FAILED and time.time() - (task["started"] or task["created"]) > budget:
-                    state, why = FAILED, f"not healthy within {budget:.0f}s of starting"
-                if state != FAILED:
-                    starting += 1
-                    continue
-                await self.runner.stop(task, why or "failed", capture_logs=True)
-                await self.store.add_service_event(
-                    name, "unhealthy", f"task {task['id'][:12]}: {why}",
-                    deployment_id=dep["id"], task_id=task["id"])
-                replaced += 1
-                tasks_changed = True
-                if deploying:
-                    # The circuit breaker: a rollout survives `threshold - 1` bad tasks.
-                    failed += 1
-                    await self.store.update_deployment(dep["id"], failed_tasks=failed)
-                    if failed >= threshold:
-                        raise DeploymentFailed(
-                            f"task {task['id'][:12]}: {why}"
-                            + (f" ({failed} failed task(s), threshold {threshold})"
-                               if threshold > 1 else ""))
-                # A steady service replaces a task that died, unless replacements keep dying
-                # (then back off and retry later).
-                elif replaced > max(3, desired):
-                    raise DeploymentFailed(f"task {task['id'][:12]}: {why}")
-            if tasks_changed:
-                continue
-            if len(healthy) >= desired:
-                # Done. The ingress switches to the new tasks in one step (they become the
-                # current deployment before any old task stops); then extra new tasks (count
-                # lowered meanwhile) and all old ones go, draining their connections.
-                if deploying and dep["state"] == "IN_PROGRESS":
-                    await self._make_current(name, dep["id"])
-                stops = [self.runner.stop(t, "desired count lowered", drain=drain)
-                         for t in sorted(healthy, key=lambda t: t["created"])[desired:]]
-                stops += [self.runner.stop(t, "desired count reached")
-                          for t in new if t not in healthy]
-                stops += [self.runner.stop(t, f"replaced by deployment {dep['id']}",
-                                           drain=drain) for t in old]
-                await asyncio.gather(*stops)
-                return
-            surplus = len(old) + len(healthy) - desired
-            if surplus > 0:
-                await asyncio.gather(*[
-                    self.runner.stop(t, f"replaced by deployment {dep['id']}", drain=drain)
-                    for t in _oldest(old, surplus)])
-                continue
-            room = max_total - len(old) - len(new)
-            want = desired - len(new)
-            if want > 0 and room > 0:
-                results = await asyncio.gather(
-                    *[self.runner.start(service=service, deployment=dep, task_def=task_def)
-                      for _ in range(min(room, want))],
-                    return_exceptions=True,
-                )
-                busy: list[NoCapacity] = []
-                for result in results:
-                    if isinstance(result, TaskFailed):
-                        if deploying:
-                            failed += 1
-                            await self.store.update_deployment(dep["id"], failed_tasks=failed)
-                        await self.store.add_service_event(name, "unhealthy", result.message,
-                                                           deployment_id=dep["id"])
-                        if not deploying or failed >= threshold:
-                            raise DeploymentFailed(result.message)
-                        tasks_changed = True
-                    elif isinstance(result, NoCapacity):
-                        if result.never:
-                            raise DeploymentFailed(result.message, CANNOT_PLACE)
-                        busy.append(result)
-                    elif isinstance(result, LauncherError):
-                        raise DeploymentFailed(result.message)
-                    elif isinstance(result, BaseException):
-                        raise result
-                    else:
-                        inst = await self.store.get_instance(result["instanceId"])
-                        await self.store.add_service_event(
-                            name, "placed", f"task {result['id'][:12]} of "
-                            f"{dep['tag'] or dep['digest'][:19]} placed on {inst['name']}"
-                            + (f" (ports {','.join(map(str, result['ports']))})"
-                               if result["ports"] else ""),
-                            deployment_id=dep["id"], task_id=result["id"])
-                if not busy or tasks_changed:
-                    continue
-                # No room: retire an old task if the minimum healthy count allows it.
-                if old and len(old) + len(healthy) - 1 >= min_healthy:
-                    await self.runner.stop(_oldest(old, 1)[0], "making room for "
-                                           f"deployment {dep['id']}", drain=drain)
-                    continue
-                if starting == 0 and len(results) == len(busy):
-                    hint = ""
-                    if old:
-                        config = service["deploymentConfiguration"]
-                        hint = (f"; minimumHealthyPercent={config['minimumHealthyPercent']} "
-                                "keeps every old task running until a new one is healthy "
-                                "(lower it, e.g. services update --min-healthy 0, to replace "
-                                "tasks in place)")
-                    raise DeploymentFailed(busy[0].message + hint, CANNOT_PLACE)
-            elif want > 0 and starting == 0:
-                # maximumPercent forbids starting more: stop old ones down to the minimum.
-                can_stop = len(old) + len(healthy) - min_healthy
-                if can_stop <= 0:
-                    raise DeploymentFailed(
-                        "deploymentConfiguration allows no progress: minimumHealthyPercent="
-                        f"{service['deploymentConfiguration']['minimumHealthyPercent']} and "
-                        f"maximumPercent={service['deploymentConfiguration']['maximumPercent']}",
-                        CANNOT_PLACE,
-                    )
-                await asyncio.gather(*[
-                    self.runner.stop(t, f"making room for deployment {dep['id']}", drain=drain)
-                    for t in _oldest(old, min(can_stop, want))])
-                continue
-            elif not deploying and want <= 0 and starting == 0 and not old:
-                return
-            await asyncio.sleep(self.settings.poll_interval)
-
-
-def _oldest(tasks: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    return sorted(tasks, key=lambda t: t["created"] or 0)[:max(0, n)]

@@ -1,7 +1,8 @@
 """One Docker Engine, through the `docker` SDK. The SDK blocks, so every call runs in a thread.
 
-Only this module imports `docker`. It speaks in plain dicts and raises `EngineError` (or returns
-None for "no such container"), so the rest of the launcher never sees SDK exceptions.
+Only this module and launcher/swarm.py (which builds Swarm service specs) import `docker`. It
+speaks in plain dicts and raises `EngineError` (or returns None for "no such container"), so
+the rest of the launcher never sees SDK exceptions.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ class Engine:
                 raise EngineError(f"{what} on {self.endpoint}: {exc}") from exc
 
         return await asyncio.to_thread(run)
+
+    async def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(api, …)` in a thread with this module's error translation (the Swarm
+        backend's calls; NotFound passes through so callers can tell "no such service")."""
+        return await self._call(what, fn, *args, **kwargs)
 
     def close(self) -> None:
         with self._lock:

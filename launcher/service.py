@@ -29,9 +29,11 @@ from typing import Any
 from dockyard.core.leases import Leases, Singleton
 from dockyard.core.oci import is_digest_valid, is_tag
 from dockyard.core.sql import Database
+from launcher.backend import Backend
 from launcher.config import LauncherSettings
 from launcher.deployments import Deployments
 from launcher.engine import Engines
+from launcher.engines_backend import EnginesBackend
 from launcher.errors import InvalidRequest, NotFound
 from launcher.events import pushes
 from launcher.ingress import Ingress
@@ -55,6 +57,7 @@ from launcher.reconcile import Reconciler
 from launcher.registry_client import resolve_tag
 from launcher.secrets import SecretStore
 from launcher.store import Store
+from launcher.swarm import SwarmBackend
 from launcher.tasks import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -87,7 +90,12 @@ class Launcher:
                              on_placement)
         self.instances.placement_lock = self.placer.lock
         self.runner = TaskRunner(settings, self.store, self.engines, self.placer, self.secrets)
-        self.deployments = Deployments(settings, self.store, self.runner, on_deployment_event)
+        backend: Backend = EnginesBackend(settings, self.store, self.runner)
+        if settings.backend == "swarm":
+            backend = SwarmBackend(settings, self.secrets)
+        self.backend = backend
+        self.deployments = Deployments(settings, self.store, self.runner, on_deployment_event,
+                                       backend)
         self.reconciler = Reconciler(settings, self.store, self.engines, self.runner)
         self.ingress = Ingress(settings.ingress, self.store) if settings.ingress else None
         self.api_token: str | None = None
@@ -125,6 +133,7 @@ class Launcher:
             await self.instances.stop_provisioned()
         if self.instances.provider is not None:
             self.instances.provider.close()
+        await self.backend.close()
         self.engines.close()
         await self.store.close()
         self._started = False
@@ -365,7 +374,6 @@ class Launcher:
         shortfall = await self.store.list_service_events(name, limit=1, kinds=["shortfall"])
         out = {
             **service,
-            "backend": "engines",
             "runningCount": len(running),
             "healthyCount": len(healthy),
             "pendingCount": len(tasks) - len(running),
@@ -375,6 +383,8 @@ class Launcher:
         }
         if len(healthy) < service["desiredCount"] and shortfall:
             out["message"] = shortfall[0]["message"]
+        # The backend's own view (Swarm: its service id and tasks) wins over the task table.
+        out.update(await self.backend.describe(service))
         return out
 
     async def update_service(self, name: str, body: Any) -> dict[str, Any]:

@@ -508,7 +508,17 @@ LAUNCHER = (
         2.0,
         env=False,
     ),
-    Key("ingress.upstream_timeout", "float", "Seconds a proxied request may take.", 60.0, env=False),
+    Key(
+        "ingress.upstream_timeout", "float", "Seconds a proxied request may take.", 60.0, env=False
+    ),
+    Key("backend", "string", "Where tasks run: `engines` (dockyard places them) or `swarm`.",
+        "engines"),
+    Key("swarm", "table", "The Swarm manager of `backend = \"swarm\"`.", env=False),
+    Key("swarm.endpoint", "string", "unix:// socket or tcp://host:2376 of a manager.", env=False),
+    Key("swarm.tls_ca", "path", "CA that signed the manager's certificate.", env=False),
+    Key("swarm.tls_cert", "path", "Client certificate presented to the manager.", env=False),
+    Key("swarm.tls_key", "path", "Its private key.", env=False),
+    Key("swarm.network", "string", "Network the service's tasks attach to.", "host", env=False),
 )
 
 SCHEMA: dict[str, Section] = {
