@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import docker
+import docker.constants
 import docker.errors
 import docker.tls
 import docker.types
@@ -91,10 +92,23 @@ class Engine:
                         client_cert=(self.tls["cert"], self.tls["key"]),
                         ca_cert=self.tls["ca"], verify=True,
                     )
-                self._client = docker.DockerClient(
-                    base_url=self.endpoint, version="auto", timeout=int(self.timeout),
-                    tls=tls_config, use_ssh_client=self.endpoint.startswith("ssh://"),
-                )
+                if self.tls:
+                    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's own
+                    # CA file (psf/requests#3829), so with either set (many distributions do)
+                    # the engine's certificate would be checked against the public CAs and
+                    # refused. The engine's CA is the one configured here; nothing else counts.
+                    # The oldest API version first (no /version request yet), then ask the
+                    # engine's version without the environment's CA bundle.
+                    self._client = docker.DockerClient(
+                        base_url=self.endpoint, version=docker.constants.MINIMUM_DOCKER_API_VERSION,
+                        timeout=int(self.timeout), tls=tls_config)
+                    self._client.api.trust_env = False
+                    self._client.api._version = self._client.api._retrieve_server_version()
+                else:
+                    self._client = docker.DockerClient(
+                        base_url=self.endpoint, version="auto", timeout=int(self.timeout),
+                        tls=tls_config, use_ssh_client=self.endpoint.startswith("ssh://"),
+                    )
             return self._client.api
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
