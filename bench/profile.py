@@ -22,10 +22,9 @@ from .servers import ROOT, Target
 PROJECT_DIRS = ("registry", "auth", "dockyard", "launcher")
 FRAME_RE = re.compile(r"^(?P<func>.*) \((?P<file>.*?):(?P<line>\d+)\)$")
 # Leaves of threads that wait, which py-spy's idle detection misses on this kind of VM: pool
-# workers blocked on their queue, aiosqlite's connection thread, the event loop in epoll.
+# workers blocked on their queue, the SQLite writer thread, the event loop in epoll.
 IDLE_LEAVES = (
     ("_worker", "concurrent/futures/thread.py"),
-    ("_connection_worker_thread", "aiosqlite/core.py"),
     ("select", "selectors.py"),
     ("_queue_SimpleQueue_get_impl", "_queuemodule.c"),
     ("select_epoll_poll_impl", "selectmodule.c"),

@@ -9,6 +9,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -18,6 +19,7 @@ from dockyard.core.errors import Unauthorized, error_response
 from dockyard.core.leases import Leases
 from dockyard.core.oci import customer_of
 from dockyard.core.sql import Database
+from launcher.api import add_routes as add_launcher_routes
 from launcher.config import LauncherSettings
 from launcher.service import Launcher
 from registry.app import make_registry, setup_registry
@@ -48,7 +50,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def launcher_settings(config: Config) -> LauncherSettings:
-    return LauncherSettings.from_dict(config.section("launcher"), config.data_dir)
+    return LauncherSettings.from_dict(config.section("launcher"), config.data_dir,
+                                      database_url=config.section("metadata").get("url"))
 
 
 def _repo_ref(image: str) -> str:
@@ -143,12 +146,28 @@ def deployment_event(event: dict[str, Any], default_customer: str) -> RegistryEv
     )
 
 
-def setup_launcher(app: web.Application, config: Config) -> None:
+def own_registry(config: Config) -> str:
+    """host:port of this server as engines should name it."""
+    if config.http.public_url:
+        return urlsplit(config.http.public_url).netloc
+    host, _, port = config.http.addr.rpartition(":")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def setup_launcher(app: web.Application, config: Config, db: Database, leases: Leases) -> None:
     """Push-to-deploy in process: fed from the durable outbox, so no push is missed across
-    restarts; its deployment state changes go back out through the same outbox."""
+    restarts; its deployment state changes go back out through the same outbox. Its tables live
+    in the registry's database, and it acts on engines only while holding the "launcher" lease,
+    so on a cluster exactly one node reconciles while every node answers its API."""
     settings = launcher_settings(config)
     if not settings.enabled:
         return
+    if settings.registry is None:
+        # In process the registry is this server: engines pull from its public address, never
+        # from Docker Hub (what a bare `acme/web@sha256:…` would mean to them).
+        settings = dataclasses.replace(settings, registry=own_registry(config))
     default_customer = config.registry.default_customer
 
     async def on_deployment(event: dict[str, Any]) -> None:
@@ -157,8 +176,8 @@ def setup_launcher(app: web.Application, config: Config) -> None:
         if outbox is not None:
             await outbox.publish(deployment_event(event, default_customer))
 
-    launcher = Launcher(settings, on_deployment, on_placement=record_placement)
-    launcher.add_routes(app)
+    launcher = Launcher(settings, on_deployment, on_placement=record_placement, db=db)
+    add_launcher_routes(app, launcher)
 
     async def consume() -> None:
         while True:
@@ -173,7 +192,8 @@ def setup_launcher(app: web.Application, config: Config) -> None:
                 await asyncio.sleep(1)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
-        await launcher.start()
+        await leases.open()  # idempotent; the launcher's lifecycle may run before open_leases
+        await launcher.start(leases=leases)
         consumer = asyncio.create_task(consume(), name="launcher-events")
         yield
         consumer.cancel()
@@ -222,12 +242,12 @@ async def build_app(config: Config) -> web.Application:
     NODE_INFO.info({"node": node.name, "id": node.id, "roles": ",".join(sorted(node.roles))})
     app.cleanup_ctx.append(node.lifecycle())
     setup_events(app, config, registry, db, node)
+    leases = Leases(db, node.id)
     if node.runs("launcher"):
-        setup_launcher(app, config)
+        setup_launcher(app, config, db, leases)
     add_usage_routes(app, registry)
     if not node.runs("gc"):
         config.gc.interval_seconds = 0  # `dockyard gc` still works on any node
-    leases = Leases(db, node.id)
     collector = GarbageCollector(
         registry.settings, registry.gc, registry.store, registry.meta, leases, gc_hooks(config)
     )

@@ -206,7 +206,8 @@ def auth_settings_for(args: argparse.Namespace) -> tuple[AuthSettings, str, Stat
 
 def launcher_settings_for(args: argparse.Namespace) -> LauncherSettings:
     config = config_from(args)
-    return LauncherSettings.from_dict(config.section("launcher"), config.data_dir)
+    return LauncherSettings.from_dict(config.section("launcher"), config.data_dir,
+                                      database_url=config.section("metadata").get("url"))
 
 
 def events_settings_for(args: argparse.Namespace) -> tuple[StateOpener, NotificationSettings]:

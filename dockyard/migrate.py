@@ -28,6 +28,7 @@ from auth.schema import STEPS as AUTH_STEPS
 from dockyard.cluster import STEPS as CLUSTER_STEPS
 from dockyard.core.leases import STEPS as LEASE_STEPS
 from dockyard.core.sql import Database, describe_url, open_database
+from launcher.store import STEPS as LAUNCHER_STEPS
 from registry.config import Config
 from registry.events.schema import STEPS as EVENT_STEPS
 from registry.metadata.schema import STEPS as REGISTRY_STEPS
@@ -41,6 +42,7 @@ COMPONENTS: dict[str, Sequence[str]] = {
     "auth": AUTH_STEPS,
     "leases": LEASE_STEPS,
     "cluster": CLUSTER_STEPS,
+    "launcher": LAUNCHER_STEPS,
 }
 BATCH = 1000
 PROGRESS_TABLE = """

@@ -16,14 +16,17 @@ from launcher.config import LauncherSettings
 
 
 def settings_for(args: argparse.Namespace) -> LauncherSettings:
-    if not args.config:
+    config = getattr(args, "config", None)
+    if not config:
         raise SystemExit("--config FILE is required")
-    with open(args.config, "rb") as f:
+    with open(config, "rb") as f:
         doc = tomllib.load(f)
-    data_dir = pathlib.Path(doc.get("data_dir", "data"))
-    if not data_dir.is_absolute():
-        data_dir = pathlib.Path(args.config).resolve().parent / data_dir
-    return LauncherSettings.from_dict(doc.get("launcher", {}), data_dir)
+    data = getattr(args, "data", None)
+    data_dir = pathlib.Path(data or doc.get("data_dir", "data"))
+    if not data_dir.is_absolute() and not data:
+        data_dir = pathlib.Path(config).resolve().parent / data_dir
+    url = (doc.get("metadata") or {}).get("url")
+    return LauncherSettings.from_dict(doc.get("launcher", {}), data_dir, database_url=url)
 
 
 def main(argv: list[str] | None = None) -> int:

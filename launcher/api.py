@@ -1,49 +1,45 @@
-"""JSON HTTP API under /launcher/v1/: thin handlers over `Launcher`.
+"""JSON HTTP API under /launcher/v1/: a sub-application of thin handlers over `Launcher`.
 
-Access policy, visible at the top of every handler:
-- management routes need `Authorization: Bearer <api token>` (settings.api_token, or the token
-  generated into data_dir/launcher/api-token); the routes are added to someone else's
-  application, so they cannot lean on its middleware;
-- POST /launcher/v1/events needs the events shared secret or an HMAC signature of the body.
-Errors are `{"errors": [{"code", "message"}]}` with the domain error's status.
+Access policy, enforced by the sub-application's middleware and visible on each handler:
+- every route needs `Authorization: Bearer <api token>` (settings.api_token, or the token
+  generated into data_dir/launcher/api-token) unless it is marked `@public`;
+- the one public route, POST /events, checks the events shared secret or an HMAC signature of
+  the body itself.
+Errors leave through one path: handlers raise `dockyard.core.errors.ApiError` subclasses and the
+middleware answers with `error_response` (the one error body); anything else is a 500 in the
+same body, logged with its traceback.
 """
 
 from __future__ import annotations
 
-import functools
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
+from dockyard.core.errors import ApiError, InternalError, Unavailable, error_response
 from dockyard.core.http import read_body
-from launcher.errors import Forbidden, InvalidRequest, LauncherError, NotFound, Unauthorized
+from dockyard.core.sql import DatabaseUnavailable
+from launcher.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from launcher.events import MAX_ENVELOPE_BYTES, authorized
+from launcher.service import Launcher
 
-if TYPE_CHECKING:
-    from launcher.service import Launcher
+log = logging.getLogger(__name__)
 
 PREFIX = "/launcher/v1"
 MAX_BODY = 1024 * 1024
+LAUNCHER_API = web.AppKey("dockyard.launcher.api", Launcher)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Callable[..., Awaitable[web.StreamResponse]])
 
 
-def _errors(handler: Handler) -> Handler:
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except LauncherError as exc:
-            headers = {"WWW-Authenticate": 'Bearer realm="dockyard-launcher"'} if isinstance(
-                exc, Unauthorized) else None
-            return web.json_response(
-                {"errors": [{"code": exc.code, "message": exc.message}]},
-                status=exc.status, headers=headers,
-            )
-
-    return wrapped
+def public(handler: H) -> H:
+    """Mark a route that does its own authentication (the API token is not asked for)."""
+    handler.public = True  # type: ignore[attr-defined]
+    return handler
 
 
 def _dump(value: Any) -> str:
@@ -54,8 +50,8 @@ def _json(value: Any, status: int = 200) -> web.Response:
     return web.json_response(value, status=status, dumps=_dump)
 
 
-def _public(item: dict[str, Any]) -> dict[str, Any]:
-    """Drop internal epoch fields from store rows."""
+def _public_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """Drop the internal epoch fields of store rows."""
     return {k: v for k, v in item.items() if k not in ("created", "started", "times")}
 
 
@@ -72,70 +68,113 @@ async def _json_body(request: web.Request) -> Any:
         raise InvalidRequest("body is not valid JSON") from None
 
 
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 0 < int(raw) <= 10000:
+        raise InvalidRequest("limit must be between 1 and 10000")
+    return int(raw)
+
+
+def make_middleware(launcher: Launcher) -> Any:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if not getattr(handler, "public", False):
+                _check_token(launcher.api_token, request)
+            return await handler(request)
+        except ApiError as exc:
+            if isinstance(exc, Unauthorized):
+                exc.headers.setdefault("WWW-Authenticate", 'Bearer realm="dockyard-launcher"')
+            return error_response(exc)
+        except DatabaseUnavailable as exc:
+            return error_response(Unavailable(f"launcher state store: {exc}"))
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("launcher API %s %s failed", request.method, request.path)
+            return error_response(InternalError("internal error (see the server log)"))
+
+    return guard
+
+
+def _check_token(token: str | None, request: web.Request) -> None:
+    if token is None:
+        return  # api_auth = false: the operator chose an open management API
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("launcher API token required (Authorization: Bearer …)")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Forbidden("launcher API token is not valid")
+
+
+def subapp(launcher: Launcher) -> web.Application:
+    """The /launcher/v1 sub-application (mount with `app.add_subapp(PREFIX, …)`)."""
+    app = web.Application(middlewares=[make_middleware(launcher)])
+    app[LAUNCHER_API] = launcher
+    LauncherApi(launcher).add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application, launcher: Launcher) -> None:
+    app.add_subapp(PREFIX, subapp(launcher))
+
+
 class LauncherApi:
     def __init__(self, launcher: Launcher) -> None:
         self.launcher = launcher
         self.store = launcher.store
 
     def add_routes(self, app: web.Application) -> None:
-        r = app.router
-        p = PREFIX
         routes: list[tuple[str, str, Handler]] = [
-            ("GET", f"{p}/", self.root),
-            ("POST", f"{p}/events", self.events),
-            ("GET", f"{p}/task-definitions", self.list_task_definitions),
-            ("POST", f"{p}/task-definitions", self.register_task_definition),
-            ("GET", f"{p}/task-definitions/{{family}}", self.list_revisions),
-            ("GET", f"{p}/task-definitions/{{family}}/{{revision}}", self.get_task_definition),
-            ("DELETE", f"{p}/task-definitions/{{family}}/{{revision}}",
-             self.deregister_task_definition),
-            ("GET", f"{p}/instance-types", self.list_instance_types),
-            ("GET", f"{p}/instances", self.list_instances),
-            ("POST", f"{p}/instances", self.register_instance),
-            ("GET", f"{p}/instances/{{id}}", self.get_instance),
-            ("PATCH", f"{p}/instances/{{id}}", self.update_instance),
-            ("DELETE", f"{p}/instances/{{id}}", self.remove_instance),
-            ("GET", f"{p}/services", self.list_services),
-            ("POST", f"{p}/services", self.create_service),
-            ("GET", f"{p}/services/{{name}}", self.get_service),
-            ("PATCH", f"{p}/services/{{name}}", self.update_service),
-            ("DELETE", f"{p}/services/{{name}}", self.delete_service),
-            ("POST", f"{p}/services/{{name}}/deployments", self.deploy_service),
-            ("GET", f"{p}/deployments", self.list_deployments),
-            ("GET", f"{p}/deployments/{{id}}", self.get_deployment),
-            ("GET", f"{p}/tasks", self.list_tasks),
-            ("GET", f"{p}/tasks/{{id}}", self.get_task),
-            ("POST", f"{p}/tasks/{{id}}/stop", self.stop_task),
-            ("GET", f"{p}/tasks/{{id}}/logs", self.task_logs),
-            ("GET", f"{p}/images-in-use", self.images_in_use),
-            ("POST", f"{p}/reconcile", self.reconcile),
+            ("GET", "/", self.root),
+            ("POST", "/events", self.events),
+            ("GET", "/task-definitions", self.list_task_definitions),
+            ("POST", "/task-definitions", self.register_task_definition),
+            ("GET", "/task-definitions/{family}", self.list_revisions),
+            ("GET", "/task-definitions/{family}/{revision}", self.get_task_definition),
+            ("DELETE", "/task-definitions/{family}/{revision}", self.deregister_task_definition),
+            ("GET", "/instance-types", self.list_instance_types),
+            ("GET", "/instances", self.list_instances),
+            ("POST", "/instances", self.register_instance),
+            ("GET", "/instances/{id}", self.get_instance),
+            ("PATCH", "/instances/{id}", self.update_instance),
+            ("DELETE", "/instances/{id}", self.remove_instance),
+            ("GET", "/services", self.list_services),
+            ("POST", "/services", self.create_service),
+            ("GET", "/services/{name}", self.get_service),
+            ("PATCH", "/services/{name}", self.update_service),
+            ("DELETE", "/services/{name}", self.delete_service),
+            ("POST", "/services/{name}/deployments", self.deploy_service),
+            ("POST", "/services/{name}/rollback", self.rollback_service),
+            ("GET", "/services/{name}/events", self.service_events),
+            ("GET", "/deployments", self.list_deployments),
+            ("GET", "/deployments/{id}", self.get_deployment),
+            ("GET", "/tasks", self.list_tasks),
+            ("GET", "/tasks/{id}", self.get_task),
+            ("POST", "/tasks/{id}/stop", self.stop_task),
+            ("GET", "/tasks/{id}/logs", self.task_logs),
+            ("GET", "/secrets", self.list_secrets),
+            ("PUT", "/secrets/{name}", self.put_secret),
+            ("DELETE", "/secrets/{name}", self.delete_secret),
+            ("GET", "/images-in-use", self.images_in_use),
+            ("POST", "/reconcile", self.reconcile),
         ]
         for method, path, handler in routes:
-            r.add_route(method, path, _errors(handler))
+            app.router.add_route(method, path, handler)
 
-    # --- access -----------------------------------------------------------------------------
-
-    def _admin(self, request: web.Request) -> None:
-        token = self.launcher.api_token
-        if token is None:
-            return  # api_auth = false: the operator chose an open management API
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise Unauthorized("launcher API token required (Authorization: Bearer …)")
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise Forbidden("launcher API token is not valid")
-
-    # --- handlers ---------------------------------------------------------------------------
+    # --- handlers (API token unless @public) ------------------------------------------------
 
     async def root(self, request: web.Request) -> web.Response:
-        self._admin(request)
         return _json({
             "services": len(await self.store.list_services()),
             "instances": len(await self.store.list_instances()),
             "registry": self.launcher.settings.registry,
             "cluster": self.launcher.settings.cluster,
+            "leader": self.launcher.leading,
+            "ingress": self.launcher.settings.ingress_addr,
         })
 
+    @public
     async def events(self, request: web.Request) -> web.Response:
         # Policy: shared secret or HMAC signature; with neither configured, nobody may send.
         settings = self.launcher.settings
@@ -154,17 +193,14 @@ class LauncherApi:
         return web.Response(status=202)
 
     async def list_task_definitions(self, request: web.Request) -> web.Response:
-        self._admin(request)
         family = request.query.get("family")
         return _json({"taskDefinitions": await self.store.list_task_definitions(family)})
 
     async def register_task_definition(self, request: web.Request) -> web.Response:
-        self._admin(request)
         td = await self.launcher.register_task_definition(await _json_body(request))
         return _json(td, status=201)
 
     async def list_revisions(self, request: web.Request) -> web.Response:
-        self._admin(request)
         revisions = await self.store.list_task_definitions(request.match_info["family"])
         if not revisions:
             raise NotFound(f"task definition family {request.match_info['family']} not found")
@@ -179,12 +215,10 @@ class LauncherApi:
         return int(raw)
 
     async def get_task_definition(self, request: web.Request) -> web.Response:
-        self._admin(request)
         return _json(await self.store.get_task_definition(request.match_info["family"],
                                                           self._revision(request)))
 
     async def deregister_task_definition(self, request: web.Request) -> web.Response:
-        self._admin(request)
         revision = self._revision(request)
         if revision is None:
             raise InvalidRequest("name the revision to deregister")
@@ -192,7 +226,6 @@ class LauncherApi:
                                                                  revision))
 
     async def list_instance_types(self, request: web.Request) -> web.Response:
-        self._admin(request)
         settings = self.launcher.settings
         return _json({"instanceTypes": [
             {**t.as_dict(), "warmPool": settings.warm_pool.get(t.name, 0)}
@@ -200,87 +233,77 @@ class LauncherApi:
         ]})
 
     async def list_instances(self, request: web.Request) -> web.Response:
-        self._admin(request)
         return _json({"instances": await self.launcher.describe_instances()})
 
     async def register_instance(self, request: web.Request) -> web.Response:
-        self._admin(request)
         inst = await self.launcher.instances.register(await _json_body(request))
         return _json(await self.launcher.describe_instance(inst["id"]), status=201)
 
     async def get_instance(self, request: web.Request) -> web.Response:
-        self._admin(request)
         return _json(await self.launcher.describe_instance(request.match_info["id"]))
 
     async def update_instance(self, request: web.Request) -> web.Response:
-        self._admin(request)
         body = await _json_body(request)
         if not isinstance(body, dict) or set(body) - {"status"}:
             raise InvalidRequest("only status (ACTIVE or DRAINING) can be changed")
-        inst = await self.launcher.instances.set_status(request.match_info["id"],
-                                                        body.get("status"))
-        for service in await self.store.list_services():
-            self.launcher.deployments.kick(service["name"])  # replace tasks on a drained one
+        inst = await self.launcher.set_instance_status(request.match_info["id"],
+                                                       body.get("status"))
         return _json(await self.launcher.describe_instance(inst["id"]))
 
     async def remove_instance(self, request: web.Request) -> web.Response:
-        self._admin(request)
         await self.launcher.instances.remove(request.match_info["id"])
         return web.Response(status=204)
 
     async def list_services(self, request: web.Request) -> web.Response:
-        self._admin(request)
         return _json({"services": await self.store.list_services()})
 
     async def create_service(self, request: web.Request) -> web.Response:
-        self._admin(request)
         return _json(await self.launcher.create_service(await _json_body(request)), status=201)
 
     async def get_service(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        name = request.match_info["name"]
-        service = await self.store.get_service(name)
-        tasks = await self.store.list_tasks(service=name, active=True)
-        current = None
-        if service["currentDeployment"]:
-            current = _public(await self.store.get_deployment(service["currentDeployment"]))
-        return _json({**service, "runningCount": len(tasks), "current": current,
-                      "tasks": [_public(t) for t in tasks]})
+        return _json(await self.launcher.describe_service(request.match_info["name"]))
 
     async def update_service(self, request: web.Request) -> web.Response:
-        self._admin(request)
         return _json(await self.launcher.update_service(request.match_info["name"],
                                                         await _json_body(request)))
 
     async def delete_service(self, request: web.Request) -> web.Response:
-        self._admin(request)
         await self.launcher.delete_service(request.match_info["name"])
         return web.Response(status=202)
 
     async def deploy_service(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        dep = await self.launcher.manual_deploy(request.match_info["name"],
-                                                await _json_body(request))
-        if dep is None:
-            return _json({"deployment": None,
-                          "message": "that image is already deployed or being deployed"})
-        return _json({"deployment": _public(dep)}, status=201)
+        outcome = await self.launcher.manual_deploy(request.match_info["name"],
+                                                    await _json_body(request))
+        if outcome.deployment is None:
+            return _json({"deployment": None, "message": outcome.message})
+        return _json({"deployment": _public_fields(outcome.deployment),
+                      "message": outcome.message}, status=201)
+
+    async def rollback_service(self, request: web.Request) -> web.Response:
+        outcome = await self.launcher.rollback(request.match_info["name"],
+                                               await _json_body(request))
+        if outcome.deployment is None:
+            return _json({"deployment": None, "message": outcome.message})
+        return _json({"deployment": _public_fields(outcome.deployment),
+                      "message": outcome.message}, status=201)
+
+    async def service_events(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        await self.store.get_service(name)
+        events = await self.store.list_service_events(name, limit=_limit(request))
+        return _json({"events": events})
 
     async def list_deployments(self, request: web.Request) -> web.Response:
-        self._admin(request)
         states = [s for s in request.query.get("state", "").upper().split(",") if s]
-        limit = _limit(request)
         deps = await self.store.list_deployments(request.query.get("service"), states or None,
-                                                 limit=limit)
-        return _json({"deployments": [_public(d) for d in deps]})
+                                                 limit=_limit(request))
+        return _json({"deployments": [_public_fields(d) for d in deps]})
 
     async def get_deployment(self, request: web.Request) -> web.Response:
-        self._admin(request)
         dep = await self.store.get_deployment(request.match_info["id"], history=True)
-        return _json(_public(dep))
+        return _json(_public_fields(dep))
 
     async def list_tasks(self, request: web.Request) -> web.Response:
-        self._admin(request)
         which = request.query.get("status", "active").lower()
         if which not in ("active", "stopped", "all"):
             raise InvalidRequest("status must be active, stopped or all")
@@ -291,35 +314,39 @@ class LauncherApi:
             active={"active": True, "stopped": False, "all": None}[which],
             limit=_limit(request),
         )
-        return _json({"tasks": [_public(t) for t in tasks]})
+        return _json({"tasks": [_public_fields(t) for t in tasks]})
 
     async def get_task(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        return _json(_public(await self.store.get_task(request.match_info["id"])))
+        return _json(_public_fields(await self.store.get_task(request.match_info["id"])))
 
     async def stop_task(self, request: web.Request) -> web.Response:
-        self._admin(request)
-        return _json(_public(await self.launcher.stop_task(request.match_info["id"])))
+        return _json(_public_fields(await self.launcher.stop_task(request.match_info["id"])))
 
     async def task_logs(self, request: web.Request) -> web.Response:
-        self._admin(request)
         tail = request.query.get("tail", "200")
         if not tail.isdigit() or not 0 < int(tail) <= 10000:
             raise InvalidRequest("tail must be between 1 and 10000")
         text = await self.launcher.task_logs(request.match_info["id"], int(tail))
         return web.Response(text=text, content_type="text/plain")
 
+    async def list_secrets(self, request: web.Request) -> web.Response:
+        return _json({"secrets": await self.store.list_secrets()})
+
+    async def put_secret(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("value"), str):
+            raise InvalidRequest('body must be {"value": "…"}')
+        created = await self.launcher.secrets.put(request.match_info["name"], body["value"])
+        # The value is never echoed: only the name comes back.
+        return _json({"name": request.match_info["name"], "created": created},
+                     status=201 if created else 200)
+
+    async def delete_secret(self, request: web.Request) -> web.Response:
+        await self.launcher.secrets.delete(request.match_info["name"])
+        return web.Response(status=204)
+
     async def images_in_use(self, request: web.Request) -> web.Response:
-        self._admin(request)
         return _json({"images": sorted(await self.launcher.images_in_use())})
 
     async def reconcile(self, request: web.Request) -> web.Response:
-        self._admin(request)
         return _json(await self.launcher.reconcile())
-
-
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 0 < int(raw) <= 10000:
-        raise InvalidRequest("limit must be between 1 and 10000")
-    return int(raw)

@@ -8,6 +8,7 @@ or $DOCKYARD_LAUNCHER_URL); the token is `--token`, $DOCKYARD_LAUNCHER_TOKEN, th
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -113,9 +114,12 @@ COLUMNS = {
     "deployments": [("ID", "id"), ("SERVICE", "service"), ("TAG", "tag"), ("STATE", "state"),
                     ("DIGEST", "digest"), ("CREATED", "createdAt"), ("REASON", "reason")],
     "tasks": [("ID", "id"), ("SERVICE", "service"), ("INSTANCE", "instanceId"),
-              ("STATUS", "status"), ("HEALTH", "health"), ("PORTS", "ports"),
-              ("IMAGE", "image"), ("REASON", "reason")],
+              ("STATUS", "status"), ("HEALTH", "health"), ("LAST HEALTH", "lastHealth"),
+              ("PORTS", "ports"), ("IMAGE", "image"), ("REASON", "reason")],
+    "events": [("AT", "at"), ("KIND", "kind"), ("MESSAGE", "message")],
+    "secrets": [("NAME", "name"), ("CREATED", "createdAt"), ("UPDATED", "updatedAt")],
 }
+ALIASES = {"td": "task-definitions"}
 
 
 def show(args: argparse.Namespace, payload: Any, kind: str | None = None) -> None:
@@ -183,8 +187,46 @@ def _read_json(path: str) -> Any:
         raise ApiError(f"{path}: not valid JSON ({exc})") from None
 
 
+def _secret_value(args: argparse.Namespace) -> str:
+    """A secret's value from a file, a prompt, or one line on stdin — never from arguments,
+    which other users can read in the process list and shells keep in history."""
+    if args.from_file:
+        return pathlib.Path(args.from_file).read_text().rstrip("\n")
+    if sys.stdin.isatty():
+        return getpass.getpass(f"value of secret {args.name}: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _deployment_config(args: argparse.Namespace) -> dict[str, int]:
+    out = {}
+    if args.min_healthy is not None:
+        out["minimumHealthyPercent"] = args.min_healthy
+    if args.max_percent is not None:
+        out["maximumPercent"] = args.max_percent
+    return out
+
+
+def _service_options(args: argparse.Namespace, body: dict[str, Any]) -> None:
+    """Options `services create` and `services update` share."""
+    if args.strategy:
+        body["placementStrategy"] = _strategy(args.strategy)
+    if args.constraint:
+        body["placementConstraints"] = _constraints(args.constraint)
+    if args.order:
+        body["order"] = args.order
+    if args.host or args.path:
+        body["ingress"] = {k: v for k, v in (("host", args.host), ("path", args.path)) if v}
+    if args.circuit_breaker is not None or args.no_rollback:
+        body["deploymentCircuitBreaker"] = {"threshold": args.circuit_breaker or 1,
+                                            "rollback": not args.no_rollback}
+    config = _deployment_config(args)
+    if config:
+        body["deploymentConfiguration"] = config
+
+
 def run_command(args: argparse.Namespace, client: Client) -> None:
-    c, cmd = client, args.launcher_command
+    c = client
+    cmd = ALIASES.get(args.launcher_command, args.launcher_command)
     sub = getattr(args, "action", None)
     if cmd == "task-definitions":
         if sub == "register":
@@ -225,17 +267,22 @@ def run_command(args: argparse.Namespace, client: Client) -> None:
         elif sub == "show":
             show(args, c.call("GET", f"/services/{args.name}"))
         elif sub == "create":
-            body: dict[str, Any] = {
-                "name": args.name, "repository": args.repository,
-                "taskDefinition": args.task_definition, "tags": args.tags or ["*"],
-                "desiredCount": args.desired_count,
-                "deploymentConfiguration": {"minimumHealthyPercent": args.min_healthy,
-                                            "maximumPercent": args.max_percent},
-            }
-            if args.strategy:
-                body["placementStrategy"] = _strategy(args.strategy)
-            if args.constraint:
-                body["placementConstraints"] = _constraints(args.constraint)
+            body = _read_json(args.file) if args.file else {}
+            if not isinstance(body, dict):
+                raise ApiError(f"{args.file}: a service is a JSON object")
+            for key, value in (("name", args.name), ("repository", args.repository),
+                               ("taskDefinition", args.task_definition), ("tags", args.tags),
+                               ("desiredCount", args.desired_count)):
+                if value is not None:
+                    body[key] = value
+            missing = [flag for flag, key in (("--name", "name"), ("--repository", "repository"),
+                                              ("--task-definition", "taskDefinition"))
+                       if key not in body]
+            if missing:
+                raise ApiError(f"services create needs {', '.join(missing)} (or --file)")
+            body.setdefault("tags", ["*"])
+            body.setdefault("desiredCount", 1)
+            _service_options(args, body)
             if args.digest:
                 body["digest"] = args.digest
             show(args, c.call("POST", "/services", body))
@@ -247,16 +294,22 @@ def run_command(args: argparse.Namespace, client: Client) -> None:
                 body["taskDefinition"] = args.task_definition
             if args.tags:
                 body["tags"] = args.tags
-            if args.strategy:
-                body["placementStrategy"] = _strategy(args.strategy)
-            if args.constraint:
-                body["placementConstraints"] = _constraints(args.constraint)
+            _service_options(args, body)
+            if not body:
+                raise ApiError("nothing to update: give at least one option")
             show(args, c.call("PATCH", f"/services/{args.name}", body))
+        elif sub == "events":
+            show(args, c.call("GET", f"/services/{args.name}/events",
+                              query={"limit": args.limit}), "events")
+        elif sub == "rollback":
+            body = {"to": args.to} if args.to else {"previous": True}
+            show(args, c.call("POST", f"/services/{args.name}/rollback", body))
         elif sub == "delete":
             c.call("DELETE", f"/services/{args.name}")
             show(args, {"deleting": args.name})
         elif sub == "deploy":
-            body = {"digest": args.digest, "tag": args.tag, "force": args.force}
+            body = {"digest": args.digest, "tag": args.tag, "force": args.force,
+                    "registry": args.registry}
             show(args, c.call("POST", f"/services/{args.name}/deployments",
                               {k: v for k, v in body.items() if v}))
     elif cmd == "deployments":
@@ -286,18 +339,36 @@ def run_command(args: argparse.Namespace, client: Client) -> None:
             show(args, payload)
         else:
             print("\n".join(payload["images"]))
+    elif cmd == "secrets":
+        if sub == "put":
+            value = _secret_value(args)
+            if not value:
+                raise ApiError("empty secret value")
+            show(args, c.call("PUT", f"/secrets/{args.name}", {"value": value}))
+        elif sub == "list":
+            show(args, c.call("GET", "/secrets"), "secrets")
+        elif sub in ("rm", "remove"):
+            c.call("DELETE", f"/secrets/{args.name}")
+            show(args, {"removed": args.name})
+    else:
+        raise ApiError(f"unknown command {cmd!r}")
 
 
 # --- argument parsing -----------------------------------------------------------------------
 
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    default: Any = argparse.SUPPRESS if suppress else None
+    # SUPPRESS everywhere: a sub-parser's default would overwrite what the parent parsed
+    # (`dockyard --config F launcher …`, `launcher --config F services list`).
+    default: Any = argparse.SUPPRESS
+    parser.add_argument("--config", metavar="FILE", default=default,
+                        help="dockyard TOML file (finds the API token and, for serve, the rest)")
+    parser.add_argument("--data", metavar="DIR", default=default,
+                        help="data directory (default ./data): where the generated token is")
     parser.add_argument("--url", default=default,
                         help=f"server URL (default $DOCKYARD_LAUNCHER_URL or {DEFAULT_URL})")
     parser.add_argument("--token", default=default, help="launcher API token")
-    parser.add_argument("--json", action="store_true",
-                        default=argparse.SUPPRESS if suppress else False,
+    parser.add_argument("--json", action="store_true", default=default,
                         help="print JSON for scripts")
 
 
@@ -312,7 +383,7 @@ def register(subparsers: Any, settings_for: SettingsFor) -> argparse.ArgumentPar
         _common(p, suppress=True)
         return p
 
-    serve = cmds.add_parser("serve", help="run the launcher alone (its HTTP API only)")
+    serve = leaf(cmds, "serve", "run the launcher alone (its HTTP API only)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=5000)
 
@@ -352,34 +423,55 @@ def register(subparsers: Any, settings_for: SettingsFor) -> argparse.ArgumentPar
     svcs = svc.add_subparsers(dest="action", required=True)
     leaf(svcs, "list", "list services")
     leaf(svcs, "show", "show a service and its tasks").add_argument("name")
-    create = leaf(svcs, "create", "create a service")
-    create.add_argument("--name", required=True)
-    create.add_argument("--repository", required=True, type=repository_arg)
-    create.add_argument("--task-definition", required=True, help="FAMILY or FAMILY:REVISION")
+    create = leaf(svcs, "create", "create a service (from flags, or --file SERVICE.json)")
+    create.add_argument("--file", metavar="FILE",
+                        help="the service as JSON (examples/launcher/*.service.json); flags "
+                             "given as well override its fields")
+    create.add_argument("--name")
+    create.add_argument("--repository", type=repository_arg)
+    create.add_argument("--task-definition", help="FAMILY or FAMILY:REVISION")
     create.add_argument("--tags", nargs="+", help="tag glob patterns (default *)")
-    create.add_argument("--desired-count", type=int, default=1)
-    create.add_argument("--min-healthy", type=int, default=100, help="minimumHealthyPercent")
-    create.add_argument("--max-percent", type=int, default=200, help="maximumPercent")
-    for p in (create,):
+    create.add_argument("--desired-count", type=int)
+    create.add_argument("--digest", help="deploy this digest right away")
+    update = leaf(svcs, "update", "change desired count, task definition, tags, placement, "
+                  "rollout, policy, ingress")
+    update.add_argument("name")
+    update.add_argument("--desired-count", type=int)
+    update.add_argument("--task-definition")
+    update.add_argument("--tags", nargs="+")
+    for p in (create, update):
+        p.add_argument("--min-healthy", type=int, help="minimumHealthyPercent (default 100)")
+        p.add_argument("--max-percent", type=int, help="maximumPercent (default 200)")
         p.add_argument("--strategy", action="append",
                        help="binpack:cpu|binpack:memory|spread:instanceId|spread:attribute:K|"
                             "random (repeat for tie-breakers)")
         p.add_argument("--constraint", action="append",
                        help="distinctInstance or memberOf:EXPRESSION")
-    create.add_argument("--digest", help="deploy this digest right away")
-    update = leaf(svcs, "update", "change desired count, task definition, tags, placement")
-    update.add_argument("name")
-    update.add_argument("--desired-count", type=int)
-    update.add_argument("--task-definition")
-    update.add_argument("--tags", nargs="+")
-    update.add_argument("--strategy", action="append")
-    update.add_argument("--constraint", action="append")
+        p.add_argument("--order", choices=["any", "semver"],
+                       help="semver: deploy only tags newer than what runs")
+        p.add_argument("--host", help="ingress: route this Host header to the service")
+        p.add_argument("--path", help="ingress: route this path prefix to the service")
+        p.add_argument("--circuit-breaker", type=int, metavar="N",
+                       help="failed new tasks before the deployment fails (default 1)")
+        p.add_argument("--no-rollback", action="store_true",
+                       help="a failed deployment does not return to the previous one")
     leaf(svcs, "delete", "stop all tasks and delete the service").add_argument("name")
-    dep = leaf(svcs, "deploy", "deploy a digest (default: redeploy the current one)")
+    dep = leaf(svcs, "deploy", "deploy a digest or tag (default: redeploy the current one)")
     dep.add_argument("name")
     dep.add_argument("--digest")
-    dep.add_argument("--tag")
-    dep.add_argument("--force", action="store_true", help="even if it is already current")
+    dep.add_argument("--tag", help="resolved to its digest by the registry, now")
+    dep.add_argument("--registry", help="host:port to pull from (default [launcher] registry)")
+    dep.add_argument("--force", action="store_true",
+                     help="even if it is already current, or older under order=semver")
+    rb = leaf(svcs, "rollback", "deploy the previous image again (or --to DIGEST)")
+    rb.add_argument("name")
+    which = rb.add_mutually_exclusive_group()
+    which.add_argument("--to", metavar="DIGEST", help="a digest (or deployment id) to return to")
+    which.add_argument("--previous", action="store_true",
+                       help="the deployment before the current one (the default)")
+    ev = leaf(svcs, "events", "placements, shortfalls, health failures, moves, rollbacks")
+    ev.add_argument("name")
+    ev.add_argument("--limit", type=int, default=50)
 
     deps = cmds.add_parser("deployments", help="deployments and their states")
     depss = deps.add_subparsers(dest="action", required=True)
@@ -403,6 +495,14 @@ def register(subparsers: Any, settings_for: SettingsFor) -> argparse.ArgumentPar
 
     leaf(cmds, "images-in-use", "images the launcher needs kept (GC hook)")
 
+    sec = cmds.add_parser("secrets", help="secrets for task definitions (encrypted at rest)")
+    secs = sec.add_subparsers(dest="action", required=True)
+    put = leaf(secs, "put", "store a secret (value from a prompt, one line on stdin, or a file)")
+    put.add_argument("name")
+    put.add_argument("--from-file", metavar="FILE")
+    leaf(secs, "list", "list secret names (values are never shown)")
+    leaf(secs, "rm", "remove a secret", aliases=["remove"]).add_argument("name")
+
     def func(args: argparse.Namespace) -> int:
         return main_with(args, settings_for)
 
@@ -414,8 +514,10 @@ def _settings_or_none(args: argparse.Namespace, settings_for: SettingsFor
                       ) -> LauncherSettings | None:
     try:
         return settings_for(args)
-    except Exception:  # no config file is fine for a client: flags and env are enough
-        return None
+    except Exception as exc:
+        if args.config:  # a file named on purpose must load: say why it does not
+            raise ApiError(f"cannot use --config {args.config}: {exc}") from None
+        return None  # no config file is fine for a client: flags and env are enough
 
 
 def _token(args: argparse.Namespace, settings: LauncherSettings | None) -> str | None:
@@ -434,12 +536,16 @@ def _token(args: argparse.Namespace, settings: LauncherSettings | None) -> str |
 
 
 def main_with(args: argparse.Namespace, settings_for: SettingsFor) -> int:
+    for name, default in (("config", None), ("data", None), ("url", None), ("token", None),
+                          ("json", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
     if args.launcher_command == "serve":
         return serve(settings_for(args), args.host, args.port)
-    settings = _settings_or_none(args, settings_for)
-    url = args.url or os.environ.get("DOCKYARD_LAUNCHER_URL") or DEFAULT_URL
-    client = Client(url, _token(args, settings))
     try:
+        settings = _settings_or_none(args, settings_for)
+        url = args.url or os.environ.get("DOCKYARD_LAUNCHER_URL") or DEFAULT_URL
+        client = Client(url, _token(args, settings))
         run_command(args, client)
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -453,5 +559,6 @@ def serve(settings: LauncherSettings, host: str, port: int) -> int:
     from launcher.app import make_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    print(f"launcher listening on http://{host}:{port}/launcher/v1/", flush=True)
     web.run_app(make_app(settings), host=host, port=port, print=None)
     return 0

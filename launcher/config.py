@@ -27,6 +27,19 @@ class InstanceType:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Docker's --tlsverify model: the CA that signed the engine's certificate, and the client
+    certificate and key this launcher presents (mutual TLS)."""
+
+    ca: str
+    cert: str
+    key: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"ca": self.ca, "cert": self.cert, "key": self.key}
+
+
+@dataclass(frozen=True)
 class StaticInstance:
     """An engine named in the config file; upserted into the database at every start."""
 
@@ -35,6 +48,26 @@ class StaticInstance:
     type: str | None
     attributes: dict[str, str]
     network: str | None
+    tls: TlsFiles | None = None
+
+
+@dataclass(frozen=True)
+class SwarmSettings:
+    """`[launcher.swarm]`: the manager the `swarm` backend hands services to."""
+
+    endpoint: str  # unix:///var/run/docker.sock, or tcp://manager:2376 with tls
+    tls: TlsFiles | None = None
+    network: str = "host"  # what the service's tasks attach to
+
+
+BACKENDS = ("engines", "swarm")
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    addr: str  # host:port the reverse proxy listens on
+    drain_seconds: float = 2.0  # a retired task keeps its connections this long
+    upstream_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,22 +115,37 @@ class LauncherSettings:
     stop_timeout: int = 10
     stop_provisioned_on_close: bool = False
     engine_timeout: float = 120.0
+    database_url: str | None = None  # standalone: [metadata] url; None = DATA/metadata.db
+    instance_grace_seconds: float = 30.0  # unreachable this long: the instance is LOST
+    heartbeat_interval: float = 2.0  # how often every instance is pinged
+    leader_ttl: float = 15.0  # lease of the scheduling leader (failover within ~ttl)
+    ingress: IngressSettings | None = None
+    volume_roots: tuple[str, ...] = ()  # host directories bind mounts may be under
+    keep_images: int = 2  # per service on each instance: running + previous deployment
+    backend: str = "engines"  # where tasks run: dockyard's own placement, or a Swarm
+    swarm: SwarmSettings | None = None
+
+    @property
+    def ingress_addr(self) -> str | None:
+        return self.ingress.addr if self.ingress else None
+
+    @property
+    def secret_key_path(self) -> pathlib.Path:
+        return self.state_dir / "secrets.key"
 
     @property
     def state_dir(self) -> pathlib.Path:
         return self.data_dir / "launcher"
 
     @property
-    def db_path(self) -> pathlib.Path:
-        return self.state_dir / "launcher.db"
-
-    @property
     def token_path(self) -> pathlib.Path:
         return self.state_dir / "api-token"
 
     @classmethod
-    def from_dict(cls, section: dict[str, Any], data_dir: pathlib.Path) -> LauncherSettings:
-        """Build settings from the raw `[launcher]` TOML table (see examples/launcher.toml)."""
+    def from_dict(cls, section: dict[str, Any], data_dir: pathlib.Path, *,
+                  database_url: str | None = None) -> LauncherSettings:
+        """Build settings from the raw `[launcher]` TOML table (see examples/launcher.toml);
+        `database_url` is the `[metadata] url` of the standalone launcher."""
         s = dict(section or {})
         data_dir = pathlib.Path(data_dir)
         types: dict[str, InstanceType] = {}
@@ -121,6 +169,7 @@ class LauncherSettings:
                     type=itype,
                     attributes={str(k): str(v) for k, v in (spec.get("attributes") or {}).items()},
                     network=spec.get("network"),
+                    tls=parse_tls(spec, f"launcher.instances[{i}]"),
                 )
             )
 
@@ -169,6 +218,9 @@ class LauncherSettings:
             "stable_seconds",
             "idle_instance_seconds",
             "engine_timeout",
+            "instance_grace_seconds",
+            "heartbeat_interval",
+            "leader_ttl",
         ):
             if key in s:
                 kwargs[key] = float(s[key])
@@ -177,6 +229,42 @@ class LauncherSettings:
                 kwargs[key] = bool(s[key])
         if "stop_timeout" in s:
             kwargs["stop_timeout"] = int(s["stop_timeout"])
+        if "keep_images" in s:
+            kwargs["keep_images"] = int(s["keep_images"])
+            if kwargs["keep_images"] < 1:
+                raise InvalidRequest("launcher.keep_images must be at least 1")
+        if "volume_roots" in s:
+            roots = s["volume_roots"]
+            if not isinstance(roots, list) or not all(
+                isinstance(r, str) and r.startswith("/") for r in roots
+            ):
+                raise InvalidRequest("launcher.volume_roots must be a list of absolute paths")
+            kwargs["volume_roots"] = tuple(str(pathlib.Path(r)) for r in roots)
+        if s.get("ingress"):
+            ing = s["ingress"]
+            if not isinstance(ing, dict) or not isinstance(ing.get("addr"), str):
+                raise InvalidRequest("launcher.ingress needs addr = \"HOST:PORT\"")
+            host, _, port = ing["addr"].rpartition(":")
+            if not host or not port.isdigit():
+                raise InvalidRequest(f"launcher.ingress.addr {ing['addr']!r} is not HOST:PORT")
+            kwargs["ingress"] = IngressSettings(
+                addr=ing["addr"],
+                drain_seconds=float(ing.get("drain_seconds", 2.0)),
+                upstream_timeout=float(ing.get("upstream_timeout", 60.0)),
+            )
+        backend = s.get("backend", "engines")
+        if backend not in BACKENDS:
+            raise InvalidRequest(f"launcher.backend must be one of {', '.join(BACKENDS)}")
+        kwargs["backend"] = backend
+        if s.get("swarm") is not None:
+            sw = s["swarm"]
+            if not isinstance(sw, dict) or not isinstance(sw.get("endpoint"), str):
+                raise InvalidRequest('launcher.swarm needs endpoint = "unix://…" or "tcp://…"')
+            kwargs["swarm"] = SwarmSettings(endpoint=sw["endpoint"],
+                                            tls=parse_tls(sw, "launcher.swarm"),
+                                            network=str(sw.get("network", "host")))
+        if backend == "swarm" and "swarm" not in kwargs:
+            raise InvalidRequest('backend = "swarm" needs [launcher.swarm] endpoint')
         return cls(
             enabled=bool(s.get("enabled", False)),
             data_dir=data_dir,
@@ -192,8 +280,24 @@ class LauncherSettings:
             warm_pool=pool,
             default_strategy=tuple(strategy) if strategy else DEFAULT_STRATEGY,
             port_range=ports,
+            database_url=database_url,
             **kwargs,
         )
+
+
+def parse_tls(spec: dict[str, Any], where: str) -> TlsFiles | None:
+    """`tls_ca`, `tls_cert`, `tls_key` (all three, or none) of an instance."""
+    given = {k: spec.get(f"tls_{k}") for k in ("ca", "cert", "key")}
+    if not any(given.values()):
+        return None
+    missing = [f"tls_{k}" for k, v in given.items() if not v]
+    if missing:
+        raise InvalidRequest(f"{where}: mutual TLS needs tls_ca, tls_cert and tls_key "
+                             f"(missing {', '.join(missing)})")
+    for k, v in given.items():
+        if not isinstance(v, str):
+            raise InvalidRequest(f"{where}.tls_{k} must be a file path")
+    return TlsFiles(str(given["ca"]), str(given["cert"]), str(given["key"]))
 
 
 def _pos_int(spec: dict[str, Any], key: str, name: str) -> int:

@@ -3,13 +3,20 @@
 One worker per service runs that service's deployments one at a time. A deployment brings
 `desiredCount` tasks of the new image to HEALTHY while keeping at least `minimumHealthyPercent`
 of the service healthy and at most `maximumPercent` of it running, and only then stops the old
-tasks. If a new task exits, turns unhealthy or misses its deadline, the deployment is FAILED and
-the service is rolled back to its last SUCCESSFUL deployment (the circuit breaker of ECS, the
-`auto_revert` of Nomad), ending ROLLED_BACK. Every state change is stored and emitted.
+tasks. Two ways to fail, with distinct outcomes:
+- *unhealthy*: new tasks exit, fail their health check or miss their deadline. After
+  `deploymentCircuitBreaker.threshold` such tasks the deployment is FAILED and the service
+  returns to its last SUCCESSFUL deployment (ECS's circuit breaker, Nomad's `auto_revert`),
+  ending ROLLED_BACK;
+- *cannot place*: no instance can take a new task now (capacity, ports, constraints). The image
+  is not to blame, so nothing is rolled back "for being bad": the deployment ends BLOCKED with
+  the placement's reason, and the previous deployment keeps (or gets back) its tasks.
+Every state change is stored and emitted, and the service's event log records placements,
+shortfalls, health failures and rollbacks.
 
-Everything is driven from the database, so the same loop resumes a deployment after a restart.
-The same loop, aimed at the service's current deployment, keeps a steady service at its desired
-count (replacing tasks that died or sit on draining instances).
+Everything is driven from the database, so the same loop resumes a deployment after a restart
+or on a new leader. The same loop, aimed at the service's current deployment, keeps a steady
+service at its desired count (replacing tasks that died or sit on draining or lost instances).
 """
 
 from __future__ import annotations
@@ -21,39 +28,39 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from launcher.backend import CANNOT_PLACE, Backend, DeploymentFailed
 from launcher.config import LauncherSettings
-from launcher.errors import LauncherError, NoCapacity, NotFound, TaskFailed
-from launcher.model import rollout_bounds
+from launcher.engines_backend import EnginesBackend
+from launcher.errors import NotFound
 from launcher.store import Store, _iso
-from launcher.tasks import FAILED, HEALTHY, TaskRunner, health_budget
+from launcher.tasks import TaskRunner
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[dict[str, Any]], Awaitable[None]]
 
-
-class DeploymentFailed(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class Deployments:
     def __init__(self, settings: LauncherSettings, store: Store, runner: TaskRunner,
-                 listener: Listener | None) -> None:
+                 listener: Listener | None, backend: Backend | None = None) -> None:
         self.settings = settings
         self.store = store
         self.runner = runner
+        self.backend: Backend = backend or EnginesBackend(settings, store, runner)
         self.listener = listener
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._maintenance_failures: dict[str, tuple[int, float]] = {}
-        self.closing = False
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self.closing = True  # until the launcher leads
 
     # --- scheduling -------------------------------------------------------------------------
 
+    def open(self) -> None:
+        self.closing = False
+
     def kick(self, service: str) -> None:
-        """Make the service's worker look at it again (new deployment, changed count, …)."""
+        """Make the service's worker look at it again (new deployment, changed count, …).
+        A node that does not lead ignores it: the leader notices the change in the database."""
         if self.closing:
             return
         worker = self._workers.get(service)
@@ -62,6 +69,12 @@ class Deployments:
             return
         self._workers[service] = asyncio.create_task(self._work(service),
                                                      name=f"launcher-service-{service}")
+
+    def changed(self, service: str) -> None:
+        """The service's spec changed: act now, even if keeping it running was backing off
+        (a scale-down must not wait for the retry timer of a failed scale-up)."""
+        self._maintenance_failures.pop(service, None)
+        self.kick(service)
 
     async def _work(self, service: str) -> None:
         while True:
@@ -84,10 +97,12 @@ class Deployments:
 
     async def close(self) -> None:
         self.closing = True
-        for worker in self._workers.values():
+        tasks = [*self._workers.values(), *self._cleanups]
+        for worker in tasks:
             worker.cancel()
-        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
+        self._again.clear()
 
     # --- state changes ----------------------------------------------------------------------
 
@@ -97,6 +112,11 @@ class Deployments:
         dep = await self.store.set_deployment_state(dep["id"], state, reason, **fields)
         log.info("deployment %s of %s: %s -> %s %s", dep["id"][:12], dep["service"],
                  previous, state, reason or "")
+        if state != previous:
+            await self.store.add_service_event(
+                dep["service"], "deployment",
+                f"deployment {dep['id'][:12]} ({dep['tag'] or dep['digest'][:19]}): {state}"
+                + (f": {reason}" if reason else ""), deployment_id=dep["id"])
         await self.emit(dep, previous)
         return dep
 
@@ -114,6 +134,7 @@ class Deployments:
             "state": dep["state"],
             "previousState": previous,
             "reason": dep["reason"],
+            "failure": dep["failure"],
             "rollbackTo": dep["rollbackTo"],
             "timestamp": _iso(time.time()),
         }
@@ -129,7 +150,7 @@ class Deployments:
         if service["status"] == "DELETING":
             await self._delete(service)
             return
-        for dep in await self.store.list_deployments(name, ["FAILED"]):
+        for dep in await self.store.list_deployments(name, ["FAILED", "BLOCKED"]):
             if dep["rollback"] == "PENDING":  # interrupted rollback: finish it first
                 await self._rollback(dep, dep["reason"] or "deployment failed")
         for dep in sorted(await self.store.list_deployments(name, ["IN_PROGRESS"]),
@@ -141,7 +162,8 @@ class Deployments:
             newest = pending[-1]
             for older in pending[:-1]:
                 await self._set_state(
-                    older, "FAILED", f"superseded by deployment {newest['id']} before it started"
+                    older, "FAILED", f"superseded by deployment {newest['id']} before it started",
+                    failure="SUPERSEDED",
                 )
             await self._run(newest)
         await self._maintain(name)
@@ -152,45 +174,93 @@ class Deployments:
             dep = await self._set_state(dep, "IN_PROGRESS", None)
         try:
             task_def = await self.store.get_task_definition(dep["family"], dep["revision"])
-            await self._converge(dep, service, task_def, deploying=True)
+
+            async def make_current() -> None:
+                await self._make_current(service["name"], dep["id"])
+
+            await self.backend.roll_out(service, dep, task_def, make_current)
         except DeploymentFailed as failure:
-            await self._fail(dep, service, failure.reason)
+            await self._fail(dep, service, failure)
             return
-        await self.store.update_service(service["name"], current_deployment=dep["id"])
+        await self._make_current(service["name"], dep["id"])
         await self._set_state(
             dep, "SUCCESSFUL",
             f"{service['desiredCount']} task(s) of {dep['image']} healthy",
         )
+        if self.backend.name == "engines":
+            self._clean_images_later(service["name"])
 
-    async def _fail(self, dep: dict[str, Any], service: dict[str, Any], reason: str) -> None:
+    async def _make_current(self, name: str, dep_id: str) -> None:
+        service = await self.store.get_service(name)
+        if service["currentDeployment"] == dep_id:
+            return
+        await self.store.update_service(name, current_deployment=dep_id,
+                                        previous_deployment=service["currentDeployment"])
+
+    async def _fail(self, dep: dict[str, Any], service: dict[str, Any],
+                    failure: DeploymentFailed) -> None:
+        service = await self.store.get_service(service["name"])
+        end = "BLOCKED" if failure.kind == CANNOT_PLACE else "FAILED"
+        reason = (f"cannot place: {failure.reason}" if failure.kind == CANNOT_PLACE
+                  else failure.reason)
+        await self.store.add_service_event(
+            service["name"], "shortfall" if failure.kind == CANNOT_PLACE else "unhealthy",
+            f"deployment {dep['id'][:12]}: {reason}", deployment_id=dep["id"])
+        breaker = service.get("deploymentCircuitBreaker") or {"rollback": True}
         target = None
-        if service["currentDeployment"] and service["currentDeployment"] != dep["id"]:
+        if (service["currentDeployment"] and service["currentDeployment"] != dep["id"]
+                and (breaker.get("rollback", True) or end == "BLOCKED")):
             with contextlib.suppress(NotFound):
                 target = await self.store.get_deployment(service["currentDeployment"])
         if target is None:
-            for task in await self.store.list_tasks(deployment_id=dep["id"], active=True):
-                await self.runner.stop(task, "deployment failed")
-            await self._set_state(dep, "FAILED",
-                                  f"{reason}; no earlier successful deployment to return to")
+            await self.backend.stop_deployment(dep, f"deployment {end.lower()}")
+            suffix = ""
+            if end == "FAILED":
+                suffix = ("; no earlier successful deployment to return to"
+                          if breaker.get("rollback", True) else "; rollback is off for this "
+                          "service")
+            await self._set_state(dep, end, reason + suffix, failure=failure.kind)
             return
-        dep = await self._set_state(dep, "FAILED", reason, rollback="PENDING",
-                                    rollback_to=target["id"])
+        if failure.rolled_back:
+            # The backend returned to the previous version by itself (Swarm's update
+            # failure_action): record what it did rather than rolling back a second time.
+            dep = await self._set_state(dep, end, reason, rollback_to=target["id"],
+                                        failure=failure.kind)
+            await self.store.add_service_event(
+                dep["service"], "rollback",
+                f"{self.backend.name} rolled back from {dep['image']} to {target['image']}",
+                deployment_id=dep["id"])
+            await self._set_state(
+                dep, "ROLLED_BACK",
+                f"{reason}; rolled back to {target['image']} (deployment {target['id']})",
+                rollback="DONE")
+            return
+        dep = await self._set_state(dep, end, reason, rollback="PENDING",
+                                    rollback_to=target["id"], failure=failure.kind)
         await self._rollback(dep, reason)
 
     async def _rollback(self, dep: dict[str, Any], reason: str) -> None:
-        for task in await self.store.list_tasks(deployment_id=dep["id"], active=True):
-            await self.runner.stop(task, "deployment failed: rolled back")
         service = await self.store.get_service(dep["service"])
         target = await self.store.get_deployment(dep["rollbackTo"])
         try:
             task_def = await self.store.get_task_definition(target["family"], target["revision"])
-            await self._converge(target, service, task_def, deploying=True)
+            await self.backend.return_to(service, dep, target, task_def)
         except (DeploymentFailed, NotFound) as exc:
             why = exc.reason if isinstance(exc, DeploymentFailed) else exc.message
-            await self._set_state(dep, "FAILED",
+            await self._set_state(dep, dep["state"],
                                   f"{reason}; rollback to {target['image']} failed: {why}",
                                   rollback="FAILED")
             return
+        if dep["state"] == "BLOCKED":
+            # Not the image's fault: the deployment stays BLOCKED, the previous one runs on.
+            await self._set_state(
+                dep, "BLOCKED",
+                f"{reason}; {target['image']} (deployment {target['id']}) keeps running",
+                rollback="DONE")
+            return
+        await self.store.add_service_event(
+            dep["service"], "rollback",
+            f"rolled back from {dep['image']} to {target['image']}", deployment_id=dep["id"])
         await self._set_state(
             dep, "ROLLED_BACK",
             f"{reason}; rolled back to {target['image']} (deployment {target['id']})",
@@ -208,12 +278,18 @@ class Deployments:
         dep = await self.store.get_deployment(service["currentDeployment"])
         try:
             task_def = await self.store.get_task_definition(dep["family"], dep["revision"])
-            await self._converge(dep, service, task_def, deploying=False)
+            await self.backend.keep_running(service, dep, task_def)
         except (DeploymentFailed, NotFound) as exc:
             why = exc.reason if isinstance(exc, DeploymentFailed) else exc.message
             failures += 1
             delay = min(300.0, self.settings.reconcile_interval * 2 ** min(failures, 6))
             self._maintenance_failures[name] = (failures, time.time() + delay)
+            running = len(await self.store.list_tasks(service=name, active=True))
+            kind = "shortfall" if isinstance(exc, DeploymentFailed) and (
+                exc.kind == CANNOT_PLACE) else "unhealthy"
+            await self.store.add_service_event(
+                name, kind, f"{running} of {service['desiredCount']} task(s) running: {why} "
+                f"(trying again in {delay:.0f}s, or at the next change)", deployment_id=dep["id"])
             log.warning("service %s: cannot keep %s task(s) running: %s (retry in %.0fs)",
                         name, service["desiredCount"], why, delay)
             return
@@ -221,116 +297,38 @@ class Deployments:
 
     async def _delete(self, service: dict[str, Any]) -> None:
         for dep in await self.store.list_deployments(service["name"], ["PENDING", "IN_PROGRESS"]):
-            await self._set_state(dep, "FAILED", "service deleted")
-        for task in await self.store.list_tasks(service=service["name"], active=True):
-            await self.runner.stop(task, "service deleted")
+            await self._set_state(dep, "FAILED", "service deleted", failure="DELETED")
+        await self.backend.retire(service)
         await self.store.delete_service(service["name"])
 
-    # --- convergence ------------------------------------------------------------------------
+    # --- image cleanup ----------------------------------------------------------------------
 
-    async def _converge(self, dep: dict[str, Any], service: dict[str, Any],
-                        task_def: dict[str, Any], *, deploying: bool) -> None:
-        """Bring `desiredCount` tasks of `dep` to HEALTHY and stop every other task of the
-        service, within the rollout bounds. Raises DeploymentFailed when a task of `dep` fails.
-        """
-        name = service["name"]
-        budget = health_budget(task_def, self.settings)
-        replaced = 0  # steady state: tasks that died and were replaced in this pass
-        while True:
+    def _clean_images_later(self, name: str) -> None:
+        task = asyncio.create_task(self._clean_images(name), name=f"launcher-images-{name}")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _clean_images(self, name: str) -> None:
+        """Keep, per service and instance, the images of the running and the previous
+        deployment; remove older ones of the service's repository (never one in use)."""
+        try:
             service = await self.store.get_service(name)
-            desired = service["desiredCount"]
-            min_healthy, max_total = rollout_bounds(desired, service["deploymentConfiguration"])
-            draining = {i["id"] for i in await self.store.list_instances()
-                        if i["status"] != "ACTIVE"}
-            tasks = await self.store.list_tasks(service=name, active=True)
-            new = [t for t in tasks if t["deploymentId"] == dep["id"]
-                   and t["instanceId"] not in draining]
-            old = [t for t in tasks if t not in new]
-            healthy: list[dict[str, Any]] = []
-            starting = 0
-            tasks_changed = False
-            for task in new:
-                if task["status"] != "RUNNING":
-                    starting += 1  # another coroutine is still pulling/starting it
-                    continue
-                state, why = await self.runner.check(task, task_def)
-                if state == HEALTHY:
-                    healthy.append(task)
-                    continue
-                if state != FAILED and time.time() - (task["started"] or task["created"]) > budget:
-                    state, why = FAILED, f"not healthy within {budget:.0f}s of starting"
-                if state != FAILED:
-                    starting += 1
-                    continue
-                await self.runner.stop(task, why or "failed", capture_logs=True)
-                replaced += 1
-                # A rollout fails on its first bad task; a steady service replaces a task that
-                # died, unless replacements keep dying (then back off and retry later).
-                if deploying or replaced > max(3, desired):
-                    raise DeploymentFailed(f"task {task['id'][:12]}: {why}")
-                tasks_changed = True
-            if tasks_changed:
-                continue
-            if len(healthy) >= desired:
-                # Done: extra new tasks (count lowered meanwhile) and all old ones go.
-                for task in sorted(healthy, key=lambda t: t["created"])[desired:]:
-                    await self.runner.stop(task, "desired count lowered")
-                for task in new:
-                    if task not in healthy:
-                        await self.runner.stop(task, "desired count reached")
-                for task in old:
-                    await self.runner.stop(task, f"replaced by deployment {dep['id']}")
-                return
-            surplus = len(old) + len(healthy) - desired
-            if surplus > 0:
-                for task in _oldest(old, surplus):
-                    await self.runner.stop(task, f"replaced by deployment {dep['id']}")
-                continue
-            room = max_total - len(old) - len(new)
-            want = desired - len(new)
-            if want > 0 and room > 0:
-                results = await asyncio.gather(
-                    *[self.runner.start(service=service, deployment=dep, task_def=task_def)
-                      for _ in range(min(room, want))],
-                    return_exceptions=True,
-                )
-                busy: list[NoCapacity] = []
-                for result in results:
-                    if isinstance(result, TaskFailed):
-                        raise DeploymentFailed(result.message)
-                    if isinstance(result, NoCapacity):
-                        if result.never:
-                            raise DeploymentFailed(result.message)
-                        busy.append(result)
-                    elif isinstance(result, LauncherError):
-                        raise DeploymentFailed(result.message)
-                    elif isinstance(result, BaseException):
-                        raise result
-                if not busy:
-                    continue
-                # No room: retire an old task if the minimum healthy count allows it.
-                if old and len(old) + len(healthy) - 1 >= min_healthy:
-                    await self.runner.stop(_oldest(old, 1)[0], "making room for "
-                                           f"deployment {dep['id']}")
-                    continue
-                if starting == 0 and len(results) == len(busy):
-                    raise DeploymentFailed(busy[0].message)
-            elif want > 0 and starting == 0:
-                # maximumPercent forbids starting more: stop old ones down to the minimum.
-                can_stop = len(old) + len(healthy) - min_healthy
-                if can_stop <= 0:
-                    raise DeploymentFailed(
-                        "deploymentConfiguration allows no progress: minimumHealthyPercent="
-                        f"{service['deploymentConfiguration']['minimumHealthyPercent']} and "
-                        f"maximumPercent={service['deploymentConfiguration']['maximumPercent']}"
-                    )
-                for task in _oldest(old, min(can_stop, want)):
-                    await self.runner.stop(task, f"making room for deployment {dep['id']}")
-                continue
-            elif not deploying and want <= 0 and starting == 0 and not old:
-                return
-            await asyncio.sleep(self.settings.poll_interval)
-
-
-def _oldest(tasks: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    return sorted(tasks, key=lambda t: t["created"] or 0)[:max(0, n)]
+            keep: set[str] = set()
+            for ref in (service["currentDeployment"], service["previousDeployment"]):
+                if ref:
+                    with contextlib.suppress(NotFound):
+                        keep.add((await self.store.get_deployment(ref))["digest"])
+            recent = await self.store.list_deployments(name, limit=self.settings.keep_images)
+            keep |= {d["digest"] for d in recent if d["state"] in ("PENDING", "IN_PROGRESS")}
+            for task in await self.store.list_tasks(service=name, active=True):
+                keep.add(task["image"].rsplit("@", 1)[-1])
+            removed = await self.runner.remove_old_images(service["repository"], keep)
+            if removed:
+                await self.store.add_service_event(
+                    name, "images", f"removed {len(removed)} old image(s) of "
+                    f"{service['repository']} from instances: " + ", ".join(
+                        r.rsplit("@", 1)[-1][:19] for r in removed))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("service %s: image cleanup failed", name)

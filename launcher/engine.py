@@ -1,18 +1,23 @@
 """One Docker Engine, through the `docker` SDK. The SDK blocks, so every call runs in a thread.
 
-Only this module imports `docker`. It speaks in plain dicts and raises `EngineError` (or returns
-None for "no such container"), so the rest of the launcher never sees SDK exceptions.
+Only this module and launcher/swarm.py (which builds Swarm service specs) import `docker`. It
+speaks in plain dicts and raises `EngineError` (or returns None for "no such container"), so
+the rest of the launcher never sees SDK exceptions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import docker
+import docker.constants
 import docker.errors
+import docker.tls
+import docker.types
 import requests.exceptions
 
 from launcher.errors import EngineError, InvalidRequest
@@ -33,25 +38,77 @@ DAEMON_CPU = "dockyard.cpu"
 DAEMON_MEMORY = "dockyard.memory"
 
 
-def validate_endpoint(endpoint: str) -> str:
-    if not isinstance(endpoint, str) or not endpoint.startswith(("unix://", "tcp://")):
-        raise InvalidRequest("endpoint must be unix:///path/to/docker.sock or tcp://host:port")
+def validate_endpoint(endpoint: Any) -> str:
+    if not isinstance(endpoint, str) or not endpoint.startswith(("unix://", "tcp://", "ssh://")):
+        raise InvalidRequest("endpoint must be unix:///path/to/docker.sock, tcp://host:port "
+                             "(with tls_ca, tls_cert and tls_key for TLS) or ssh://user@host")
     return endpoint
 
 
+def _tls_problem(exc: BaseException) -> str | None:
+    """A readable cause when a failure is TLS verification (wrapped deep in requests)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return f"certificate verification failed: {current.verify_message}"
+        if isinstance(current, ssl.SSLError):
+            return f"TLS handshake failed: {current.reason or current}"
+        for arg in getattr(current, "args", ()):
+            if isinstance(arg, BaseException):
+                current = arg
+                break
+        else:
+            current = current.__cause__ or current.__context__
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "certificate verification failed (" + text.split("CERTIFICATE_VERIFY_FAILED")[
+            -1].strip(" :)(\"'") + ")"
+    if "SSL" in text and ("alert" in text or "handshake" in text.lower()):
+        return f"TLS handshake failed ({text[-200:]})"
+    return None
+
+
 class Engine:
-    def __init__(self, endpoint: str, timeout: float = 120.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 120.0,
+                 tls: Mapping[str, str] | None = None) -> None:
         self.endpoint = validate_endpoint(endpoint)
         self.timeout = timeout
+        self.tls = dict(tls) if tls else None
+        if self.tls and not self.endpoint.startswith("tcp://"):
+            raise InvalidRequest("TLS files apply to tcp:// endpoints only")
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
 
     def _api(self) -> docker.APIClient:
         with self._lock:
             if self._client is None:
-                self._client = docker.DockerClient(
-                    base_url=self.endpoint, version="auto", timeout=int(self.timeout)
-                )
+                tls_config: docker.tls.TLSConfig | bool = False
+                if self.tls:
+                    # Docker's --tlsverify: the engine must present a certificate from our CA,
+                    # and we present ours (mutual TLS).
+                    tls_config = docker.tls.TLSConfig(
+                        client_cert=(self.tls["cert"], self.tls["key"]),
+                        ca_cert=self.tls["ca"], verify=True,
+                    )
+                if self.tls:
+                    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's own
+                    # CA file (psf/requests#3829), so with either set (many distributions do)
+                    # the engine's certificate would be checked against the public CAs and
+                    # refused. The engine's CA is the one configured here; nothing else counts.
+                    # The oldest API version first (no /version request yet), then ask the
+                    # engine's version without the environment's CA bundle.
+                    self._client = docker.DockerClient(
+                        base_url=self.endpoint, version=docker.constants.MINIMUM_DOCKER_API_VERSION,
+                        timeout=int(self.timeout), tls=tls_config)
+                    self._client.api.trust_env = False
+                    self._client.api._version = self._client.api._retrieve_server_version()
+                else:
+                    self._client = docker.DockerClient(
+                        base_url=self.endpoint, version="auto", timeout=int(self.timeout),
+                        tls=tls_config, use_ssh_client=self.endpoint.startswith("ssh://"),
+                    )
             return self._client.api
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -64,9 +121,20 @@ class Engine:
                 raise EngineError(f"{what} on {self.endpoint}: {exc.explanation or exc}") from exc
             except (docker.errors.DockerException, requests.exceptions.RequestException,
                     OSError) as exc:
+                tls = _tls_problem(exc)
+                if tls is not None:
+                    raise EngineError(
+                        f"{what} on {self.endpoint}: {tls} — the engine's certificate must be "
+                        "signed by tls_ca and name this host, and it must accept tls_cert"
+                    ) from exc
                 raise EngineError(f"{what} on {self.endpoint}: {exc}") from exc
 
         return await asyncio.to_thread(run)
+
+    async def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(api, …)` in a thread with this module's error translation (the Swarm
+        backend's calls; NotFound passes through so callers can tell "no such service")."""
+        return await self._call(what, fn, *args, **kwargs)
 
     def close(self) -> None:
         with self._lock:
@@ -81,6 +149,13 @@ class Engine:
             return bool(await self._call("ping", lambda api: api.ping()))
         except (EngineError, docker.errors.NotFound):
             return False
+
+    async def check(self) -> None:
+        """Raise EngineError saying why the engine does not answer (TLS, refused, …)."""
+        try:
+            await self._call("ping", lambda api: api.ping())
+        except docker.errors.NotFound as exc:
+            raise EngineError(f"ping on {self.endpoint}: {exc}") from exc
 
     async def info(self) -> dict[str, Any]:
         return await self._call("info", lambda api: api.info())
@@ -122,14 +197,31 @@ class Engine:
         except docker.errors.NotFound as exc:
             raise EngineError(f"pull {ref} on {self.endpoint}: {exc.explanation or exc}") from exc
 
-    async def remove_image(self, ref: str) -> None:
+    async def remove_image(self, ref: str) -> bool:
+        """True when removed; False when in use by a container or already gone."""
         try:
             await self._call(f"remove image {ref}", lambda api: api.remove_image(ref))
         except (docker.errors.NotFound, EngineError):
-            pass  # in use by another container, or gone already: either way nothing to do
+            return False
+        return True
 
     async def images(self) -> list[dict[str, Any]]:
         return await self._call("list images", lambda api: api.images())
+
+    async def ensure_volume(self, name: str, driver: str, labels: dict[str, str]) -> None:
+        def run(api: docker.APIClient) -> None:
+            try:
+                api.inspect_volume(name)
+            except docker.errors.NotFound:
+                api.create_volume(name, driver=driver, labels=labels)
+
+        await self._call(f"create volume {name}", run)
+
+    async def remove_volume(self, name: str) -> None:
+        try:
+            await self._call(f"remove volume {name}", lambda api: api.remove_volume(name))
+        except (docker.errors.NotFound, EngineError):
+            pass  # gone, or still mounted by a container that is being removed
 
     # --- containers -------------------------------------------------------------------------
 
@@ -138,12 +230,18 @@ class Engine:
         (so the caller can read its logs and remove it by label)."""
 
         def run(api: docker.APIClient) -> str:
+            log_config = None
+            if spec.get("log_driver"):
+                log_config = docker.types.LogConfig(type=spec["log_driver"],
+                                                    config=spec.get("log_options") or {})
             host_config = api.create_host_config(
                 network_mode="host",
                 init=True,
                 nano_cpus=spec.get("nano_cpus") or None,
                 mem_limit=spec.get("mem_limit"),
                 mem_reservation=spec.get("mem_reservation"),
+                binds=spec.get("binds") or None,
+                log_config=log_config,
             )
             created = api.create_container(
                 image=spec["image"],
@@ -154,6 +252,9 @@ class Engine:
                 labels=spec["labels"],
                 healthcheck=spec.get("healthcheck"),
                 stop_timeout=spec.get("stop_timeout"),
+                working_dir=spec.get("working_dir"),
+                user=spec.get("user"),
+                volumes=[b.split(":")[1] for b in spec.get("binds") or ()] or None,
                 host_config=host_config,
                 detach=True,
             )
@@ -211,22 +312,25 @@ class Engine:
 
 
 class Engines:
-    """One cached `Engine` per endpoint."""
+    """One cached `Engine` per endpoint (and TLS files)."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[tuple[str, tuple[tuple[str, str], ...]], Engine] = {}
 
-    def get(self, endpoint: str) -> Engine:
-        engine = self._engines.get(endpoint)
+    def get(self, endpoint: str, tls: Mapping[str, str] | None = None) -> Engine:
+        key = (endpoint, tuple(sorted((tls or {}).items())))
+        engine = self._engines.get(key)
         if engine is None:
-            engine = self._engines[endpoint] = Engine(endpoint, self.timeout)
+            engine = self._engines[key] = Engine(endpoint, self.timeout, tls)
         return engine
 
+    def of(self, inst: Mapping[str, Any]) -> Engine:
+        return self.get(inst["endpoint"], inst.get("tls"))
+
     def forget(self, endpoint: str) -> None:
-        engine = self._engines.pop(endpoint, None)
-        if engine is not None:
-            engine.close()
+        for key in [k for k in self._engines if k[0] == endpoint]:
+            self._engines.pop(key).close()
 
     def close(self) -> None:
         for engine in self._engines.values():

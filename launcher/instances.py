@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
-from launcher.config import InstanceType, LauncherSettings
+from launcher.config import InstanceType, LauncherSettings, parse_tls
 from launcher.engine import DAEMON_CPU, DAEMON_MEMORY, DAEMON_TYPE, Engines, validate_endpoint
 from launcher.errors import Conflict, EngineError, InvalidRequest, LauncherError
 from launcher.providers import LocalProvider
@@ -22,6 +23,7 @@ from launcher.store import Store, new_id
 log = logging.getLogger(__name__)
 
 STATUSES = ("ACTIVE", "DRAINING")
+LOST = "LOST"  # unreachable past instance_grace_seconds: its tasks were placed elsewhere
 
 
 class Instances:
@@ -45,11 +47,13 @@ class Instances:
 
     async def sync_static(self) -> None:
         for spec in self.settings.instances:
-            cpu, memory = await self._capacity(spec.endpoint, spec.type, strict=False)
+            tls = spec.tls.as_dict() if spec.tls else None
+            cpu, memory = await self._capacity(spec.endpoint, spec.type, strict=False, tls=tls)
             await self.store.upsert_instance(
                 {
                     "name": spec.name,
                     "endpoint": spec.endpoint,
+                    "tls": tls,
                     "type": spec.type,
                     "cpu": cpu,
                     "memory": memory,
@@ -65,21 +69,35 @@ class Instances:
         if body.get("provider"):
             if body["provider"] != "local":
                 raise InvalidRequest("provider must be 'local'")
-            itype = self.types.get(body.get("type"))
+            itype = self.types.get(str(body.get("type")))
             if itype is None:
                 raise InvalidRequest(f"unknown instance type {body.get('type')!r}")
             return await self.provision(itype, pool=bool(body.get("pool", False)))
+        unknown = sorted(set(body) - {"endpoint", "type", "name", "attributes", "network",
+                                      "tls_ca", "tls_cert", "tls_key"})
+        if unknown:
+            raise InvalidRequest(f"unknown instance field(s): {', '.join(unknown)}")
         endpoint = validate_endpoint(body.get("endpoint"))
+        tls_files = parse_tls(body, "instance")
+        tls = tls_files.as_dict() if tls_files else None
+        if tls:
+            for kind, path in tls.items():
+                if not await asyncio.to_thread(os.path.isfile, path):
+                    raise InvalidRequest(f"tls_{kind} {path} is not a readable file")
         itype_name = body.get("type")
         if itype_name is not None and itype_name not in self.types:
             raise InvalidRequest(f"unknown instance type {itype_name!r}")
         attributes = body.get("attributes") or {}
         if not isinstance(attributes, dict):
             raise InvalidRequest("attributes must be an object of strings")
-        engine = self.engines.get(endpoint)
-        if not await engine.ping():
-            raise InvalidRequest(f"no Docker Engine answers at {endpoint}")
-        cpu, memory = await self._capacity(endpoint, itype_name, strict=True)
+        engine = self.engines.get(endpoint, tls)
+        try:
+            await engine.check()
+        except EngineError as exc:
+            self.engines.forget(endpoint)
+            raise InvalidRequest(f"no Docker Engine answers at {endpoint}: {exc.message}",
+                                 detail={"endpoint": endpoint}) from None
+        cpu, memory = await self._capacity(endpoint, itype_name, strict=True, tls=tls)
         if itype_name is None:
             itype_name = (await engine.daemon_labels()).get(DAEMON_TYPE)
         name = body.get("name") or f"instance-{new_id()[:8]}"
@@ -97,16 +115,17 @@ class Instances:
                 "attributes": {str(k): str(v) for k, v in attributes.items()},
                 "network": str(body.get("network") or _default_network(endpoint)),
                 "origin": "api",
+                "tls": tls,
             }
         )
 
-    async def _capacity(self, endpoint: str, type_name: str | None, *, strict: bool
-                        ) -> tuple[int, int]:
+    async def _capacity(self, endpoint: str, type_name: str | None, *, strict: bool,
+                        tls: dict[str, str] | None = None) -> tuple[int, int]:
         if type_name is not None:
             itype = self.types[type_name]
             return itype.cpu, itype.memory
         try:
-            labels = await self.engines.get(endpoint).daemon_labels()
+            labels = await self.engines.get(endpoint, tls).daemon_labels()
         except EngineError:
             if strict:
                 raise
@@ -129,6 +148,35 @@ class Instances:
             raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
         inst = await self.store.get_instance(ident)
         return await self.store.update_instance(inst["id"], status=status)
+
+    async def heartbeat(self) -> list[dict[str, Any]]:
+        """Ping every instance once; returns those that just passed instance_grace_seconds
+        unreachable (now LOST). A LOST instance that answers again becomes ACTIVE; the
+        reconciler then removes the containers it still runs for tasks that moved away."""
+        instances = await self.store.list_instances()
+        answers = await asyncio.gather(*[self.engines.of(i).ping() for i in instances])
+        now = time.time()
+        lost = []
+        for inst, ok in zip(instances, answers, strict=True):
+            if ok:
+                fields: dict[str, Any] = {"last_seen_at": now}
+                if not inst["reachable"] or inst["unreachable_since"] is not None:
+                    fields.update(reachable=1, unreachable_since=None)
+                if inst["status"] == LOST:
+                    fields["status"] = "ACTIVE"
+                    log.info("instance %s is back; its orphaned containers will be removed",
+                             inst["name"])
+                await self.store.update_instance(inst["id"], **fields)
+                continue
+            since = inst["unreachable_since"] or now
+            if inst["unreachable_since"] is None or inst["reachable"]:
+                log.warning("instance %s does not answer", inst["name"])
+                await self.store.update_instance(inst["id"], reachable=0,
+                                                 unreachable_since=since)
+            if inst["status"] != LOST and now - since >= self.settings.instance_grace_seconds:
+                log.warning("instance %s lost: unreachable for %.0fs", inst["name"], now - since)
+                lost.append(await self.store.update_instance(inst["id"], status=LOST))
+        return lost
 
     async def remove(self, ident: str) -> None:
         async with self.placement_lock:

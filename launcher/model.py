@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from dockyard.core.oci import is_repository_name
 from launcher.errors import InvalidRequest
 from launcher.expressions import compile_expression
+from launcher.policy import ORDERS
 
 FAMILY_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 CONTAINER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -60,6 +62,7 @@ def parse_health_check(body: Any, where: str) -> dict[str, Any] | None:
         return None
     if not isinstance(body, dict):
         raise InvalidRequest(f"{where} must be an object")
+    _refuse_unknown(body, {"command", "interval", "timeout", "retries", "startPeriod"}, where)
     command = body.get("command")
     if isinstance(command, str):
         command = ["CMD-SHELL", command]
@@ -88,6 +91,7 @@ def parse_port_mappings(value: Any, where: str) -> list[dict[str, Any]]:
         w = f"{where}[{i}]"
         if not isinstance(pm, dict):
             raise InvalidRequest(f"{w} must be an object")
+        _refuse_unknown(pm, {"containerPort", "hostPort", "protocol", "name"}, w)
         container_port = _int(pm, "containerPort", w, default=0, maximum=65535)
         host_port = _int(pm, "hostPort", w, default=0, maximum=65535)
         # Host networking: the process listens on the host port itself, so the two must agree.
@@ -122,9 +126,113 @@ def parse_environment(value: Any, where: str) -> list[dict[str, str]]:
     return out
 
 
+CONTAINER_KEYS = {
+    "name", "image", "cpu", "memory", "memoryReservation", "portMappings", "environment",
+    "secrets", "command", "entryPoint", "healthCheck", "stopTimeout", "essential", "dependsOn",
+    "mountPoints", "logConfiguration", "workingDirectory", "user",
+}
+TASK_KEYS = {"family", "cpu", "memory", "containerDefinitions", "placementConstraints",
+             "volumes", "networkMode"}
+# What `task-definitions show` prints besides the definition: accepted back, and ignored.
+TASK_READ_ONLY = {"revision", "status", "registeredAt"}
+DEPENDENCY_CONDITIONS = ("START", "HEALTHY")
+LOG_DRIVER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _refuse_unknown(body: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"{where}: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+            "supported (refused rather than silently dropped)"
+        )
+
+
+def parse_secrets(value: Any, where: str) -> list[dict[str, str]]:
+    """ECS's `secrets`: [{name: ENV_VAR, valueFrom: SECRET}] from the launcher's secret store."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{where} must be a list of {{name, valueFrom}}")
+    out = []
+    for i, item in enumerate(value):
+        w = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{w} must be {{name, valueFrom}}")
+        _refuse_unknown(item, {"name", "valueFrom"}, w)
+        name, source = item.get("name"), item.get("valueFrom")
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise InvalidRequest(f"{w}.name must be an environment variable name")
+        if not isinstance(source, str) or not VOLUME_NAME_RE.match(source):
+            raise InvalidRequest(f"{w}.valueFrom must name a secret (launcher secrets put)")
+        out.append({"name": name, "valueFrom": source})
+    return out
+
+
+def parse_mount_points(value: Any, where: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{where} must be a list")
+    out = []
+    for i, item in enumerate(value):
+        w = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{w} must be {{sourceVolume, containerPath, readOnly}}")
+        _refuse_unknown(item, {"sourceVolume", "containerPath", "readOnly"}, w)
+        source, path = item.get("sourceVolume"), item.get("containerPath")
+        if not isinstance(source, str) or not source:
+            raise InvalidRequest(f"{w}.sourceVolume must name a task volume")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise InvalidRequest(f"{w}.containerPath must be an absolute path")
+        out.append({"sourceVolume": source, "containerPath": path,
+                    "readOnly": bool(item.get("readOnly", False))})
+    return out
+
+
+def parse_depends_on(value: Any, where: str) -> list[dict[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{where} must be a list")
+    out = []
+    for i, item in enumerate(value):
+        w = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{w} must be {{containerName, condition}}")
+        _refuse_unknown(item, {"containerName", "condition"}, w)
+        name, condition = item.get("containerName"), item.get("condition", "START")
+        if not isinstance(name, str):
+            raise InvalidRequest(f"{w}.containerName must name a container of this task")
+        if condition not in DEPENDENCY_CONDITIONS:
+            raise InvalidRequest(f"{w}.condition {condition!r} is not supported "
+                                 f"(one of {', '.join(DEPENDENCY_CONDITIONS)})")
+        out.append({"containerName": name, "condition": condition})
+    return out
+
+
+def parse_log_configuration(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where} must be {{logDriver, options}}")
+    _refuse_unknown(value, {"logDriver", "options"}, where)
+    driver = value.get("logDriver")
+    if not isinstance(driver, str) or not LOG_DRIVER_RE.match(driver):
+        raise InvalidRequest(f"{where}.logDriver must name a Docker logging driver")
+    options = value.get("options") or {}
+    if not isinstance(options, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in options.items()
+    ):
+        raise InvalidRequest(f"{where}.options must map strings to strings")
+    return {"logDriver": driver, "options": dict(options)}
+
+
 def parse_container(body: Any, where: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest(f"{where} must be an object")
+    _refuse_unknown(body, CONTAINER_KEYS, where)
     name = body.get("name")
     if not isinstance(name, str) or not CONTAINER_NAME_RE.match(name):
         raise InvalidRequest(f"{where}.name must match {CONTAINER_NAME_RE.pattern}")
@@ -133,6 +241,12 @@ def parse_container(body: Any, where: str) -> dict[str, Any]:
         c.isspace() for c in image
     ):
         raise InvalidRequest(f"{where}.image must be a repository name or image reference")
+    essential = body.get("essential", True)
+    if not isinstance(essential, bool):
+        raise InvalidRequest(f"{where}.essential must be true or false")
+    for key in ("workingDirectory", "user"):
+        if key in body and (not isinstance(body[key], str) or not body[key]):
+            raise InvalidRequest(f"{where}.{key} must be a non-empty string")
     out: dict[str, Any] = {
         "name": name,
         "image": image,
@@ -143,20 +257,87 @@ def parse_container(body: Any, where: str) -> dict[str, Any]:
         ),
         "portMappings": parse_port_mappings(body.get("portMappings"), f"{where}.portMappings"),
         "environment": parse_environment(body.get("environment"), f"{where}.environment"),
+        "secrets": parse_secrets(body.get("secrets"), f"{where}.secrets"),
         "command": _str_list(body["command"], f"{where}.command") if "command" in body else None,
         "entryPoint": (
             _str_list(body["entryPoint"], f"{where}.entryPoint") if "entryPoint" in body else None
         ),
         "healthCheck": parse_health_check(body.get("healthCheck"), f"{where}.healthCheck"),
         "stopTimeout": _int(body, "stopTimeout", where, default=None, maximum=600),
+        "essential": essential,
+        "dependsOn": parse_depends_on(body.get("dependsOn"), f"{where}.dependsOn"),
+        "mountPoints": parse_mount_points(body.get("mountPoints"), f"{where}.mountPoints"),
+        "logConfiguration": parse_log_configuration(body.get("logConfiguration"),
+                                                    f"{where}.logConfiguration"),
+        "workingDirectory": body.get("workingDirectory"),
+        "user": body.get("user"),
     }
     return out
 
 
-def parse_task_definition(body: Any) -> dict[str, Any]:
+def parse_volumes(value: Any, volume_roots: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Task volumes: a host directory (`host.sourcePath`, only under a configured
+    `volume_roots` directory) or a named Docker volume (`dockerVolumeConfiguration`)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequest("volumes must be a list")
+    out = []
+    for i, item in enumerate(value):
+        w = f"volumes[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{w} must be an object")
+        _refuse_unknown(item, {"name", "host", "dockerVolumeConfiguration"}, w)
+        name = item.get("name")
+        if not isinstance(name, str) or not VOLUME_NAME_RE.match(name):
+            raise InvalidRequest(f"{w}.name must match {VOLUME_NAME_RE.pattern}")
+        host, docker_cfg = item.get("host"), item.get("dockerVolumeConfiguration")
+        if host is not None and docker_cfg is not None:
+            raise InvalidRequest(f"{w}: host or dockerVolumeConfiguration, not both")
+        if host is not None:
+            if not isinstance(host, dict):
+                raise InvalidRequest(f"{w}.host must be {{sourcePath}}")
+            _refuse_unknown(host, {"sourcePath"}, f"{w}.host")
+            path = host.get("sourcePath")
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise InvalidRequest(f"{w}.host.sourcePath must be an absolute path")
+            normal = posixpath.normpath(path)
+            if not any(normal == root or normal.startswith(root.rstrip("/") + "/")
+                       for root in volume_roots):
+                allowed = ", ".join(volume_roots) or "none are configured"
+                raise InvalidRequest(
+                    f"{w}.host.sourcePath {path} is not under an allowed directory "
+                    f"([launcher] volume_roots: {allowed})")
+            out.append({"name": name, "host": {"sourcePath": normal}})
+        else:
+            cfg = docker_cfg or {}
+            if not isinstance(cfg, dict):
+                raise InvalidRequest(f"{w}.dockerVolumeConfiguration must be an object")
+            _refuse_unknown(cfg, {"scope", "driver", "autoprovision"},
+                            f"{w}.dockerVolumeConfiguration")
+            scope = cfg.get("scope", "shared")
+            if scope != "shared":
+                raise InvalidRequest(f"{w}.dockerVolumeConfiguration.scope {scope!r} is not "
+                                     "supported (only shared: one volume per family and "
+                                     "instance, kept across deployments)")
+            driver = cfg.get("driver", "local")
+            if not isinstance(driver, str) or not LOG_DRIVER_RE.match(driver):
+                raise InvalidRequest(f"{w}.dockerVolumeConfiguration.driver must name a driver")
+            out.append({"name": name, "dockerVolumeConfiguration": {"scope": scope,
+                                                                    "driver": driver}})
+    if len({v["name"] for v in out}) != len(out):
+        raise InvalidRequest("volume names must be unique within a task definition")
+    return out
+
+
+def parse_task_definition(body: Any, *, volume_roots: tuple[str, ...] = ()) -> dict[str, Any]:
     """Validate a task definition registration (without revision, which the store assigns)."""
     if not isinstance(body, dict):
         raise InvalidRequest("task definition must be a JSON object")
+    _refuse_unknown(body, TASK_KEYS | TASK_READ_ONLY, "taskDefinition")
+    if body.get("networkMode", "host") != "host":
+        raise InvalidRequest("taskDefinition.networkMode: only host is supported (engines run "
+                             "without a bridge; every container shares the instance's network)")
     family = body.get("family")
     if not isinstance(family, str) or not FAMILY_RE.match(family):
         raise InvalidRequest("family must be 1-255 letters, digits, '-' or '_'")
@@ -179,13 +360,59 @@ def parse_task_definition(body: Any) -> dict[str, Any]:
     fixed = [pm["hostPort"] for c in defs for pm in c["portMappings"] if pm["hostPort"]]
     if len(fixed) != len(set(fixed)):
         raise InvalidRequest("a host port may be mapped only once per task")
+    volumes = parse_volumes(body.get("volumes"), volume_roots)
+    names = {v["name"] for v in volumes}
+    by_name = {c["name"]: c for c in defs}
+    for c in defs:
+        for m in c["mountPoints"]:
+            if m["sourceVolume"] not in names:
+                raise InvalidRequest(f"container {c['name']!r} mounts unknown volume "
+                                     f"{m['sourceVolume']!r} (declare it under volumes)")
+        for d in c["dependsOn"]:
+            dep = by_name.get(d["containerName"])
+            if dep is None or dep is c:
+                raise InvalidRequest(f"container {c['name']!r} depends on unknown container "
+                                     f"{d['containerName']!r}")
+            if d["condition"] == "HEALTHY" and not dep["healthCheck"]:
+                raise InvalidRequest(f"container {c['name']!r} waits for {dep['name']!r} to be "
+                                     "HEALTHY, but that container has no healthCheck")
+    start_order(defs)  # refuses a dependency cycle
+    if not any(c["essential"] for c in defs):
+        raise InvalidRequest("at least one container must be essential")
     return {
         "family": family,
         "cpu": task_cpu,
         "memory": task_memory,
         "containerDefinitions": defs,
+        "volumes": volumes,
         "placementConstraints": parse_constraints(body.get("placementConstraints")),
     }
+
+
+def start_order(containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Containers in an order where each starts after what it depends on."""
+    done: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    visiting: set[str] = set()
+    by_name = {c["name"]: c for c in containers}
+
+    def visit(c: dict[str, Any]) -> None:
+        if c["name"] in seen:
+            return
+        if c["name"] in visiting:
+            raise InvalidRequest(f"dependsOn has a cycle through container {c['name']!r}")
+        visiting.add(c["name"])
+        for d in c.get("dependsOn") or ():
+            visit(by_name[d["containerName"]])
+        visiting.discard(c["name"])
+        seen.add(c["name"])
+        done.append(c)
+
+    for c in containers:
+        visit(c)
+    return done
+
+
 
 
 @dataclass(frozen=True)
@@ -260,7 +487,7 @@ def parse_constraints(value: Any) -> list[dict[str, str]]:
         if kind == "distinctInstance":
             out.append({"type": kind})
         elif kind == "memberOf":
-            compile_expression(item.get("expression"))  # reject typos now
+            compile_expression(str(item.get("expression") or ""))  # reject typos now
             out.append({"type": kind, "expression": item["expression"]})
         else:
             raise InvalidRequest(f"{where}: type must be distinctInstance or memberOf")
@@ -285,26 +512,83 @@ def parse_deployment_configuration(value: Any) -> dict[str, int]:
     if not isinstance(value, dict):
         raise InvalidRequest("deploymentConfiguration must be an object")
     where = "deploymentConfiguration"
+    _refuse_unknown(value, {"minimumHealthyPercent", "maximumPercent"}, where)
     min_healthy = _int(value, "minimumHealthyPercent", where, default=100, maximum=100)
     max_percent = _int(value, "maximumPercent", where, default=200, minimum=100, maximum=400)
-    return {"minimumHealthyPercent": min_healthy, "maximumPercent": max_percent}
+    # Both have defaults, so neither is None.
+    return {"minimumHealthyPercent": min_healthy or 0, "maximumPercent": max_percent or 100}
+
+
+SERVICE_KEYS = {"name", "repository", "tags", "taskDefinition", "desiredCount",
+                "deploymentConfiguration", "placementStrategy", "placementConstraints", "order",
+                "ingress", "deploymentCircuitBreaker", "digest", "tag"}
+HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9*]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]"
+                     r"([A-Za-z0-9-]{0,62})?)*$")
+
+
+def parse_tags(tags: Any) -> list[str]:
+    if isinstance(tags, str):
+        tags = [tags]
+    tags = _str_list(tags, "tags")
+    if not tags or any(not t or len(t) > 128 for t in tags):
+        raise InvalidRequest("tags must be a non-empty list of glob patterns")
+    return tags
+
+
+def parse_order(value: Any) -> str:
+    if value not in ORDERS:
+        raise InvalidRequest(f"order must be one of {', '.join(ORDERS)}")
+    return str(value)
+
+
+def parse_ingress(value: Any) -> dict[str, str] | None:
+    """Where the ingress proxy routes to the service: a Host header and/or a path prefix."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("ingress must be {host, path}")
+    _refuse_unknown(value, {"host", "path"}, "ingress")
+    host, path = value.get("host"), value.get("path")
+    if host is None and path is None:
+        raise InvalidRequest("ingress needs a host, a path, or both")
+    out: dict[str, str] = {}
+    if host is not None:
+        if not isinstance(host, str) or not HOST_RE.match(host):
+            raise InvalidRequest("ingress.host must be a host name such as web.example")
+        out["host"] = host.lower()
+    if path is not None:
+        if not isinstance(path, str) or not path.startswith("/") or "?" in path:
+            raise InvalidRequest("ingress.path must be a path prefix such as /web")
+        out["path"] = "/" + path.strip("/") if path != "/" else "/"
+    return out
+
+
+def parse_circuit_breaker(value: Any) -> dict[str, Any]:
+    """ECS's deploymentCircuitBreaker: `threshold` failed new tasks end the rollout (then
+    `rollback` returns to the last good deployment)."""
+    value = value or {}
+    if not isinstance(value, dict):
+        raise InvalidRequest("deploymentCircuitBreaker must be {threshold, rollback}")
+    _refuse_unknown(value, {"threshold", "rollback", "enable"}, "deploymentCircuitBreaker")
+    threshold = _int(value, "threshold", "deploymentCircuitBreaker", default=1, minimum=1,
+                     maximum=100)
+    rollback = value.get("rollback", True)
+    if not isinstance(rollback, bool):
+        raise InvalidRequest("deploymentCircuitBreaker.rollback must be true or false")
+    return {"threshold": threshold, "rollback": rollback}
 
 
 def parse_service(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("service must be a JSON object")
+    _refuse_unknown(body, SERVICE_KEYS, "service")
     name = body.get("name")
     if not isinstance(name, str) or not SERVICE_NAME_RE.match(name):
         raise InvalidRequest(f"name must match {SERVICE_NAME_RE.pattern}")
     repository = body.get("repository")
     if not isinstance(repository, str) or not is_repository_name(repository):
         raise InvalidRequest("repository must be a repository name such as acme/web")
-    tags = body.get("tags", ["*"])
-    if isinstance(tags, str):
-        tags = [tags]
-    tags = _str_list(tags, "tags")
-    if not tags or any(not t or len(t) > 128 for t in tags):
-        raise InvalidRequest("tags must be a non-empty list of glob patterns")
+    tags = parse_tags(body.get("tags", ["*"]))
     family, revision = parse_task_definition_ref(body.get("taskDefinition"))
     desired = _int(body, "desiredCount", "service", default=1, maximum=1000)
     return {
@@ -319,6 +603,9 @@ def parse_service(body: Any) -> dict[str, Any]:
         ),
         "placementStrategy": parse_strategy(body.get("placementStrategy")),
         "placementConstraints": parse_constraints(body.get("placementConstraints")),
+        "order": parse_order(body.get("order", "any")),
+        "ingress": parse_ingress(body.get("ingress")),
+        "deploymentCircuitBreaker": parse_circuit_breaker(body.get("deploymentCircuitBreaker")),
     }
 
 

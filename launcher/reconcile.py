@@ -21,7 +21,7 @@ from launcher.config import LauncherSettings
 from launcher.engine import LABEL_CONTAINER, LABEL_TASK, Engines
 from launcher.errors import EngineError, NotFound
 from launcher.store import Store
-from launcher.tasks import LOG_TAIL, TaskRunner
+from launcher.tasks import LOG_TAIL, TaskRunner, last_health
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Reconciler:
     async def run_once(self) -> dict[str, int]:
         counts = {"adopted": 0, "stopped": 0, "orphans": 0, "unreachable": 0}
         for inst in await self.store.list_instances():
-            engine = self.engines.get(inst["endpoint"])
+            engine = self.engines.of(inst)
             listed_at = time.time()
             try:
                 containers = await engine.managed_containers(self.settings.cluster)
@@ -127,7 +127,8 @@ class Reconciler:
                 pass
             await engine.stop_and_remove(c["Id"], self.settings.stop_timeout)
         fields: dict[str, Any] = {"status": "STOPPED", "reason": reason,
-                                  "stopped_at": time.time()}
+                                  "stopped_at": time.time(), "health": "UNKNOWN",
+                                  "last_health": last_health(task)}
         if logs:
             fields["logs"] = logs[-8000:]
         await self.store.update_task(task["id"], **fields)

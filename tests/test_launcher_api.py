@@ -92,7 +92,7 @@ async def until_terminal(client, service: str, digest: str) -> dict:
     for _ in range(200):
         deps = (await call(client, "GET", f"/deployments?service={service}"))["deployments"]
         mine = [d for d in deps if d["digest"] == digest]
-        if mine and mine[0]["state"] in ("SUCCESSFUL", "FAILED", "ROLLED_BACK"):
+        if mine and mine[0]["state"] in ("SUCCESSFUL", "FAILED", "ROLLED_BACK", "BLOCKED"):
             return await call(client, "GET", f"/deployments/{mine[0]['id']}")
         await asyncio.sleep(0.05)
     raise AssertionError(deps)
@@ -212,11 +212,11 @@ async def test_push_without_any_instance_fails_with_a_reason(client, events_seen
 
     await post_events(client, envelope(event_id="e-1"), {"Authorization": f"Bearer {SECRET}"})
     dep = await until_terminal(client, "web", DIGEST1)
-    assert dep["state"] == "FAILED"
-    assert "no instance is registered" in dep["reason"]
-    assert "no earlier successful deployment" in dep["reason"]
+    # Nowhere to run it is a placement problem, not a bad image: BLOCKED, not FAILED.
+    assert dep["state"] == "BLOCKED" and dep["failure"] == "CANNOT_PLACE"
+    assert "cannot place" in dep["reason"] and "no instance is registered" in dep["reason"]
     assert dep["registry"] == "127.0.0.1:5999" and dep["image"] == f"acme/web@{DIGEST1}"
-    assert [e["state"] for e in events_seen] == ["PENDING", "IN_PROGRESS", "FAILED"]
+    assert [e["state"] for e in events_seen] == ["PENDING", "IN_PROGRESS", "BLOCKED"]
     assert events_seen[-1]["previousState"] == "IN_PROGRESS"
     # The same event delivered again (registries retry) starts nothing new.
     await post_events(client, envelope(event_id="e-1"), {"Authorization": f"Bearer {SECRET}"})
@@ -242,8 +242,10 @@ async def test_desired_zero_deploys_without_engines_and_marks_images_in_use(clie
                       status=201)
     assert made["deployment"]["trigger"] == "api"
     assert (await until_terminal(client, "web", DIGEST2))["state"] == "SUCCESSFUL"
-    assert await launcher.images_in_use() == {f"acme/web@{DIGEST2}"}
-    assert (await call(client, "GET", "/images-in-use"))["images"] == [f"acme/web@{DIGEST2}"]
+    # The previous image stays in use too: `services rollback --previous` returns to it.
+    assert await launcher.images_in_use() == {f"acme/web@{DIGEST2}", f"acme/web@{DIGEST1}"}
+    assert (await call(client, "GET", "/images-in-use"))["images"] == [
+        f"acme/web@{DIGEST1}", f"acme/web@{DIGEST2}"]
     await call(client, "POST", "/services/web/deployments", {"digest": "sha256:bad"},
                status=400)
     # A new task definition revision for the running image rolls out by itself.

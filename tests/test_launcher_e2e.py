@@ -32,6 +32,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from dockyard.core.envelope import ENVELOPE_MEDIA_TYPE
+from launcher.api import add_routes
 from launcher.config import LauncherSettings
 from launcher.service import Launcher
 from tests.support.engines import (
@@ -54,7 +55,7 @@ TYPES = {
     "large": {"cpu": 2048, "memory": 1024},
     "xlarge": {"cpu": 2048, "memory": 2048},
 }
-TERMINAL = ("SUCCESSFUL", "FAILED", "ROLLED_BACK")
+TERMINAL = ("SUCCESSFUL", "FAILED", "ROLLED_BACK", "BLOCKED")
 # Dynamic task ports come from a range; pick two disjoint random blocks below the ephemeral range
 # (where other tests' servers bind) so runs and the two launchers here never share ports.
 _BLOCKS = random.sample(range(20000, 32000, 200), 2)
@@ -232,7 +233,7 @@ async def env(engines, registry, launcher_port, workdir):
     launcher = Launcher(settings, on_deployment_event=on_event,
                         on_placement=lambda seconds, outcome: placements.append(outcome))
     app = web.Application()
-    launcher.add_routes(app)
+    add_routes(app, launcher)
     await launcher.start()
     runner = web.AppRunner(app)
     await runner.setup()
@@ -404,7 +405,9 @@ async def test_push_v2_new_tasks_healthy_before_old_stop(env, images):
         assert healthy_new + still_old >= 2, (stopping, new, old_final)
     for task in new:
         assert get(f"http://127.0.0.1:{task['ports'][0]}/") == "v2\n"
-    assert await env["launcher"].images_in_use() == {f"acme/web@{digest}"}
+    # The image v2 replaced stays in use: `services rollback --previous` returns to it.
+    v1 = old[0]["image"]
+    assert await env["launcher"].images_in_use() == {f"acme/web@{digest}", v1}
 
 
 async def test_push_v3_failing_health_check_rolls_back_to_v2(env, images):
@@ -513,7 +516,7 @@ async def test_task_larger_than_every_type_fails_naming_shortfall(env, images):
                                          "taskDefinition": "huge"}, expect=201)
     digest = await images("acme/huge:1", site("huge"))
     dep = await api.deployment_for("huge", digest)
-    assert dep["state"] == "FAILED"
+    assert dep["state"] == "BLOCKED" and dep["failure"] == "CANNOT_PLACE"  # not a bad image
     assert "no instance type can ever hold" in dep["reason"]
     assert "cpu short by 2048 units" in dep["reason"], dep["reason"]
     assert env["placements"][-1] == "no_capacity"

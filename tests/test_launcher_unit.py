@@ -262,7 +262,7 @@ def test_never_fits_names_the_shortfall():
 
 
 async def test_concurrent_placements_never_overcommit(tmp_path: pathlib.Path):
-    store = Store(tmp_path / "launcher.db")
+    store = Store(data_dir=tmp_path)
     await store.open()
     try:
         for name in ("a", "b"):
@@ -369,7 +369,7 @@ def test_settings_from_dict(tmp_path):
         "providers": {"local": {"run_root": "/run/x"}},
         "warm_pool": {"small": 1}, "port_range": "30000-30100", "poll_interval": 0.1,
     }, tmp_path)
-    assert s.enabled and s.db_path == tmp_path / "launcher" / "launcher.db"
+    assert s.enabled and s.state_dir == tmp_path / "launcher"
     assert s.instance_types["small"].cpu == 512 and s.instances[0].attributes == {"zone": "a"}
     assert s.local_provider is not None and s.warm_pool == {"small": 1}
     assert s.port_range == (30000, 30100) and s.poll_interval == 0.1

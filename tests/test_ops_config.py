@@ -94,7 +94,8 @@ def test_notification_keys_match_the_events_parser() -> None:
 
 def test_launcher_keys_match_the_launcher_parser() -> None:
     documented = keys("launcher")
-    renamed = {"local_provider": "providers", "data_dir": None}
+    # data_dir is --data; database_url is [metadata] url (one database for every part).
+    renamed = {"local_provider": "providers", "data_dir": None, "database_url": None}
     for f in fields(LauncherSettings):
         name = renamed.get(f.name, f.name)
         if name is None:

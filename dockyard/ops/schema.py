@@ -408,7 +408,8 @@ LAUNCHER = (
     Key(
         "instances",
         "array of tables",
-        "Static Docker Engines: `name`, `endpoint`, `type`, `attributes`, `network`.",
+        "Static Docker Engines: `name`, `endpoint`, `type`, `attributes`, `network`, "
+        "`tls_ca`, `tls_cert`, `tls_key` (mutual TLS for tcp:// endpoints).",
         env=False,
     ),
     Key("providers", "table", "Where new instances come from; only `local` exists.", env=False),
@@ -482,6 +483,42 @@ LAUNCHER = (
         False,
     ),
     Key("engine_timeout", "float", "Seconds a Docker Engine API call may take.", 120.0),
+    Key(
+        "instance_grace_seconds",
+        "float",
+        "An instance unreachable this long is LOST and its tasks are placed elsewhere.",
+        30.0,
+    ),
+    Key("heartbeat_interval", "float", "Seconds between pings of every instance.", 2.0),
+    Key("leader_ttl", "float", "Lease of the node that acts on engines (failover time).", 15.0),
+    Key("keep_images", "int", "Images kept per service on each instance (running + previous).", 2),
+    Key(
+        "volume_roots",
+        "list",
+        "Host directories under which task definitions may bind-mount (absolute paths).",
+        (),
+        env=False,
+    ),
+    Key("ingress", "table", "The reverse proxy giving each service a stable address.", env=False),
+    Key("ingress.addr", "addr", "HOST:PORT the ingress listens on.", env=False),
+    Key(
+        "ingress.drain_seconds",
+        "float",
+        "A retired task keeps serving requests in flight this long.",
+        2.0,
+        env=False,
+    ),
+    Key(
+        "ingress.upstream_timeout", "float", "Seconds a proxied request may take.", 60.0, env=False
+    ),
+    Key("backend", "string", "Where tasks run: `engines` (dockyard places them) or `swarm`.",
+        "engines"),
+    Key("swarm", "table", "The Swarm manager of `backend = \"swarm\"`.", env=False),
+    Key("swarm.endpoint", "string", "unix:// socket or tcp://host:2376 of a manager.", env=False),
+    Key("swarm.tls_ca", "path", "CA that signed the manager's certificate.", env=False),
+    Key("swarm.tls_cert", "path", "Client certificate presented to the manager.", env=False),
+    Key("swarm.tls_key", "path", "Its private key.", env=False),
+    Key("swarm.network", "string", "Network the service's tasks attach to.", "host", env=False),
 )
 
 SCHEMA: dict[str, Section] = {

@@ -128,8 +128,11 @@ def reap_dockerds_under(root: pathlib.Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def docker_engines(specs: Sequence[tuple[str, dict[str, str]]]) -> Iterator[list[EngineProcess]]:
-    """Start one dockerd per (name, daemon labels) and stop them all when the block exits."""
+def docker_engines(specs: Sequence[tuple[str, dict[str, str]]],
+                   extra_args: dict[str, list[str]] | None = None
+                   ) -> Iterator[list[EngineProcess]]:
+    """Start one dockerd per (name, daemon labels) and stop them all when the block exits;
+    `extra_args[name]` are more dockerd flags (another -H listener with TLS, …)."""
     require_root()
     dockerd = require_binary("dockerd", "/usr/sbin/dockerd")
     require_binary("docker", DOCKER_CLI)
@@ -149,6 +152,7 @@ def docker_engines(specs: Sequence[tuple[str, dict[str, str]]]) -> Iterator[list
             ]
             for key, value in labels.items():
                 args += ["--label", f"{key}={value}"]
+            args += (extra_args or {}).get(name, [])
             with open(root / "dockerd.log", "wb") as log:
                 proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT)
