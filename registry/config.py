@@ -49,9 +49,10 @@ class StorageSettings:
     redirect: bool = False
     redirect_expiry: int = 300
     part_size_mib: int = 16
-    # Parts of one upload sent to S3 at once while the next one arrives: an upload holds at
-    # most (parts_in_flight + 1) parts in memory.
-    parts_in_flight: int = 2
+    # Parts of one upload on their way to S3 while the next one arrives: an upload holds at
+    # most (parts_in_flight + 1) parts in memory. More than one gained nothing on SeaweedFS
+    # (1 GiB push: 93 vs 88 MiB/s) and costs a part of memory each.
+    parts_in_flight: int = 1
     access_key: str | None = None
     secret_key: str | None = None
     create_bucket: bool = False

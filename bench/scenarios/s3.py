@@ -7,6 +7,9 @@ fresh bucket of one SeaweedFS, and the store itself measured in the same run.
 - The raw store rate, the physical limit: aiobotocore multipart PUT of the same layer bytes in
   dockyard's part size, one part in flight (single stream), and GET of them on one stream;
   for information also all layers at once (PUT) and parallel ranged GETs.
+- One 64 MiB blob GET by curl from each registry: the server side of a pull without the
+  client's own work on the bytes (skopeo and docker verify and write them, which on 2 cores
+  takes as much CPU as the store itself).
 - Server peak RSS during a 1 GiB push (one streamed PATCH, as in the `rss` scenario).
 
 distribution runs with `storage.redirect.disable: true`, so that its blob GETs stream through
@@ -24,6 +27,7 @@ import http.client
 import os
 import secrets
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +60,9 @@ RAW_PUT, RAW_GET = "S3 raw PUT 128 MiB (1 stream)", "S3 raw GET 128 MiB (1 strea
 RAW_PUT_PAR = "S3 raw PUT 128 MiB (5 objects at once)"
 RAW_GET_PAR = "S3 raw GET 128 MiB (8 ranged GETs at once)"
 BIG = "S3 1 GiB push"
+# The registry alone, without skopeo's or docker's own work on the bytes (on 2 cores the client
+# takes as much CPU as the store): one blob GET, read by curl into /dev/null.
+CURL_GET = "S3 blob GET 64 MiB (curl, 1 stream)"
 MIB_S = "throughput (MiB/s)"
 
 
@@ -72,6 +79,9 @@ def _rows() -> list[Row]:
             right=RAW, right_phase=RAW_GET),
         Row(SK_PULL, "mib_s", MIB_S, True, "", right=RAW, right_phase=RAW_GET_PAR),
         Row(SK_PULL, "mib_s", MIB_S, True, "", right=REDIRECT),
+        Row(CURL_GET, "mib_s", MIB_S, True, vs_ref, ratio_target(True, PUSH_RATIO)),
+        Row(CURL_GET, "mib_s", MIB_S, True, vs_raw + " GET", ratio_target(True, RAW_RATIO),
+            right=RAW, right_phase=RAW_GET),
         Row(DK_PUSH, "mib_s", MIB_S, True, vs_ref, ratio_target(True, PUSH_RATIO)),
         Row(DK_PULL, "mib_s", MIB_S, True, vs_ref, ratio_target(True, PUSH_RATIO)),
         Row(BIG, "peak_process_mb", "peak RSS per process (MB)", False,
@@ -203,12 +213,32 @@ class S3PushPull(Scenario):
                 skopeo_copy(f"docker://{side.host}/{repo}:v1", f"oci:{dest}:app")
                 m["mib_s"] = mib / (time.monotonic() - t0)
             shutil.rmtree(dest, ignore_errors=True)
+        self._curl_get(bench, rep, repo, layers[0])
         shutil.rmtree(layout, ignore_errors=True)
         del objects, layers
         if self.engine is not None:
             self._docker(bench, rep)
         if rep < RSS_REPS:
             self._big_push(bench, rep)
+
+    def _curl_get(self, bench: Bench, rep: int, repo: str, layer: Layer) -> None:
+        curl = shutil.which("curl")
+        if curl is None:
+            if rep == 0:
+                bench.notes.append("s3: curl GET rows skipped (no curl)")
+            return
+        for side in alternate([self.dy, self.ref], rep):
+            url = f"{side.url}/v2/{repo}/blobs/{layer.blob.digest}"
+            with bench.measure(CURL_GET, side) as m:
+                # curl's own figure (size / time from its request to the last byte), so that
+                # starting the curl process is not counted.
+                res = subprocess.run(
+                    [curl, "-sf", "-o", "/dev/null", "-w", "%{size_download} %{speed_download}",
+                     url], capture_output=True, text=True, timeout=120)
+                size, _, speed = res.stdout.partition(" ")
+                if res.returncode != 0 or int(size or 0) != layer.blob.size:
+                    raise RuntimeError(f"curl GET from {side.name} failed: {res.stderr[:300]}")
+                m["mib_s"] = float(speed) / MiB
 
     def _check_stored(self, bench: Bench, mib: float, layers: list[Layer]) -> None:
         """Both registries must have written the image into their SeaweedFS buckets."""

@@ -104,6 +104,26 @@ _S3_ERRORS = (ClientError, *_TRANSPORT_ERRORS)
 _session: AioSession | None = None
 
 
+def _fixed_mmap_threshold() -> None:
+    """Have glibc serve every allocation of 2 MiB or more by mmap, and give it back at free.
+
+    Parts are buffers of many MiB allocated and freed all the time. glibc's default raises its
+    mmap threshold to the size of the last such buffer it freed (up to 32 MiB), after which
+    parts come from the heap and its per-thread arenas and stay in the process when freed:
+    measured here, 1 GiB pushed in 16 MiB parts peaked at 192 MB RSS and kept 122 MB, against
+    145 MB and 88 MB with the threshold fixed. Elsewhere than glibc this does nothing."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(name)
+        m_mmap_threshold = -3  # malloc.h
+        libc.mallopt(m_mmap_threshold, 2 * MIB)
+
+
 def botocore_session() -> AioSession:
     """One per process: it caches the parsed S3 service model, which takes long to load."""
     global _session
@@ -221,6 +241,7 @@ class S3Store(BlobStore):
         )
 
     async def start(self) -> None:
+        _fixed_mmap_threshold()
         stack = AsyncExitStack()
         creds: dict[str, str] = {}
         if self.settings.access_key and self.settings.secret_key:
