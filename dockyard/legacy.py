@@ -33,8 +33,9 @@ What is not carried over, and why:
   turn into the new schema's tombstone (`repo_blobs.deleted`). Such a blob stays readable there
   through customer-wide dedup while another repository of the customer links it — exactly what
   round 1 served.
-- the launcher: this dockyard still reads `DATA/launcher/launcher.db` in place, so the file is
-  neither imported nor renamed.
+- the launcher: its state now lives in the shared store too, and round 1's
+  `DATA/launcher/launcher.db` is not imported: register instances, task definitions and
+  services again (the launcher logs a warning while the old file is there).
 """
 
 from __future__ import annotations
@@ -694,7 +695,10 @@ def cmd_import_legacy(config: Config, args: argparse.Namespace) -> int:
         print(f"renamed {path}")
     launcher = config.data_dir / "launcher" / "launcher.db"
     if launcher.exists():
-        print(f"{launcher}: left in place (the launcher still reads it there)")
+        print(
+            f"{launcher}: not imported — register the launcher's instances, task definitions "
+            "and services again, then delete it"
+        )
     print("done: `dockyard serve` starts on this data directory now")
     return 0
 
