@@ -107,7 +107,9 @@ class TokenVerifier:
 
         The key is chosen by `kid` among the trusted keys only, and the only algorithm accepted
         is that key's own: the header's `alg` is checked against it, never trusted."""
-        if not token or len(token) > MAX_TOKEN_LENGTH:
+        # A JWT is ASCII; a header byte such as 0xB2 arrives as a lone surrogate and made PyJWT
+        # raise UnicodeEncodeError (a 500, found by tests/test_fuzz.py).
+        if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
             raise TokenError("malformed token")
         try:
             header = jwt.get_unverified_header(token)

@@ -111,6 +111,13 @@ def cmd_quota(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_gc(config: Config, args: argparse.Namespace) -> int:
+    from .legacy import refusal
+
+    # Before a round-1 import the blob index is empty: the orphan sweep would delete every blob.
+    refused = refusal(config, args)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     interactive = sys.stderr.isatty()
 
     def progress(step: str, done: int, total: int) -> None:

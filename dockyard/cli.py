@@ -21,7 +21,7 @@ from registry.events import NotificationSettings
 from registry.events import cli as events_cli
 from registry.storage import StorageError
 
-from . import admin, checkconfig, cluster, migrate
+from . import admin, checkconfig, cluster, legacy, migrate
 from .logs import ACCESS_LOGGER, AccessLogger, setup_logging
 from .ops.schema import apply_env
 from .ops.serve import ConnectionGuard, run_server
@@ -63,6 +63,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import build_app
 
     config = config_from(args)
+    # Round-1 metadata files nobody imported: serving would show an empty registry (and its GC
+    # would delete the blobs the empty index does not know), so say which command to run.
+    refused = legacy.refusal(config, args)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     cluster.roles_of(config.cluster)  # a typo in [cluster] roles stops here, not in a worker
     setup_logging(config.log)
     # A typo (`[metadta]`, `tls_crt`) would otherwise start the server on defaults: refuse,

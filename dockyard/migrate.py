@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from auth.schema import STEPS as AUTH_STEPS
+from dockyard.cluster import STEPS as CLUSTER_STEPS
 from dockyard.core.leases import STEPS as LEASE_STEPS
 from dockyard.core.sql import Database, describe_url, open_database
 from registry.config import Config
 from registry.events.schema import STEPS as EVENT_STEPS
 from registry.metadata.schema import STEPS as REGISTRY_STEPS
+
+from . import legacy
 
 # Every component that keeps tables in the state store, with its migration steps.
 COMPONENTS: dict[str, Sequence[str]] = {
@@ -37,6 +40,7 @@ COMPONENTS: dict[str, Sequence[str]] = {
     "events": EVENT_STEPS,
     "auth": AUTH_STEPS,
     "leases": LEASE_STEPS,
+    "cluster": CLUSTER_STEPS,
 }
 BATCH = 1000
 PROGRESS_TABLE = """
@@ -262,7 +266,9 @@ class Migration:
 
 
 def register(sub: argparse._SubParsersAction, common: Callable, config_from: Callable) -> None:
-    meta = sub.add_parser("metadata", help="the metadata store: move it to PostgreSQL")
+    meta = sub.add_parser(
+        "metadata", help="the metadata store: move it to PostgreSQL, import a round-1 layout"
+    )
     commands = meta.add_subparsers(dest="metadata_command", required=True, metavar="COMMAND")
     p = commands.add_parser(
         "migrate",
@@ -274,6 +280,7 @@ def register(sub: argparse._SubParsersAction, common: Callable, config_from: Cal
     p.add_argument("--to", required=True, metavar="URL", help="postgresql://USER:PASSWORD@HOST/DB")
     p.add_argument("--verify", action="store_true", help="compare counts and checksums after it")
     p.set_defaults(func=lambda args: cmd_migrate(config_from(args), args))
+    legacy.register(commands, common, config_from)
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:

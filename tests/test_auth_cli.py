@@ -54,8 +54,10 @@ def test_customers(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(data, "customer", "add", "acme") == 0
     assert run(data, "customer", "add", "acme") == 1
     assert "already exists" in capsys.readouterr().err
-    assert run(data, "customer", "add", "Not Valid") == 1
-    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:  # a usage error, before anything is opened
+        run(data, "customer", "add", "Not Valid")
+    assert refused.value.code == 2
+    assert "invalid customer name" in capsys.readouterr().err
     assert run(data, "customer", "list") == 0
     assert capsys.readouterr().out.split("\n")[:2] == ["acme", "library  (default)"]
     assert run(data, "customer", "remove", "library") == 1

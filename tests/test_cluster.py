@@ -22,10 +22,12 @@ from tests.apiclient import OCI_MANIFEST, push_to, sha256
 from tests.support.cluster import Cluster
 from tests.support.dockerd import DockerDaemon
 from tests.support.net import free_port
+from tests.support.oci_layout import write_multi_platform_layout
 from tests.support.postgres import PostgresCluster
 from tests.support.seaweed import SeaweedFS
 from tests.support.server import ROOT
 from tests.test_dedup import layer
+from tests.test_e2e_docker import skopeo
 from tests.test_events_delivery import Receiver
 
 
@@ -87,6 +89,25 @@ def test_docker_push_pull_run_and_dedup_through_haproxy(
     dockerd.cli("pull", f"{host}/acme/web:1")
     ran = dockerd.cli("run", "--rm", "--network", "none", f"{host}/acme/web:1", "echo", "hello")
     assert ran.stdout.strip() == "hello"
+
+
+def test_skopeo_copy_all_of_a_multi_platform_image_through_haproxy(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """An index of two platform images pushed and pulled with `--all`: every manifest and blob
+    request of one copy lands on any node."""
+    src = tmp_path / "multi"
+    index_digest = write_multi_platform_layout(src, tag="multi")
+    ref = f"docker://{cluster.url.removeprefix('http://')}/acme/multi:1"
+    skopeo("copy", "--all", "--dest-tls-verify=false", f"oci:{src}:multi", ref)
+    raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", ref).stdout)
+    assert len(raw["manifests"]) == 2
+    back = tmp_path / "back"
+    skopeo("copy", "--all", "--src-tls-verify=false", ref, f"oci:{back}:multi")
+    index = json.loads((back / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == index_digest
+    for m in raw["manifests"]:
+        assert (back / "blobs" / "sha256" / m["digest"].split(":")[1]).exists()
 
 
 def test_conformance_through_haproxy(cluster: Cluster) -> None:

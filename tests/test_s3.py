@@ -282,7 +282,9 @@ async def test_s3_requests_per_layer_and_zero_copies(
         # Duplicates are deleted in a batch a little later (registry/blobs.py, issue 22 #6).
         await asyncio.sleep(DEFERRED_DELETE_SECONDS + 1)
         dup_ops = operations(take())
-        assert dup_ops["DeleteObject"] == 2  # the held tail, then the duplicate blob
+        # The held tail and the duplicate blob at least; a deferred delete of the chunked push
+        # above may land in this window too. What stays stored is checked exactly below.
+        assert dup_ops["DeleteObject"] >= 2
         assert await fetch_blob(http, base, "other/count", sha256(big)) == big
         take()
 

@@ -29,9 +29,12 @@ class DockyardServer:
         config_text: str = "",
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        cwd: Path = ROOT,
     ):
         self.data_dir = data_dir
         self.args = tuple(args)  # extra `dockyard serve` arguments
+        # The source tree `python -m dockyard` runs from (another release's, to build its data).
+        self.cwd = cwd
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
@@ -62,7 +65,7 @@ class DockyardServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
         )
         log.close()
@@ -78,7 +81,7 @@ class DockyardServer:
         res = subprocess.run(
             [sys.executable, "-m", "dockyard", *args,
              "--config", str(self.config_path), "--data", str(self.data_dir)],
-            input=stdin, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=120,
+            input=stdin, capture_output=True, text=True, cwd=self.cwd, env=self.env, timeout=120,
         )
         if check:
             assert res.returncode == 0, f"dockyard {' '.join(args)}: {res.stderr}"
