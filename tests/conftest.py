@@ -66,3 +66,19 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerDaemon]:
 def busybox(dockerd: DockerDaemon) -> str:
     """A base image made from Debian's busybox-static (nothing is pulled from the internet)."""
     return dockerd.import_busybox("dy-busybox:latest")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The official OCI conformance program's totals (tests/test_official_conformance.py), shown
+    whether the tests passed or not; reports carry them from xdist workers too."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == "oci_conformance"
+    ]
+    if lines:
+        terminalreporter.section("official OCI conformance program")
+        for line in dict.fromkeys(lines):
+            terminalreporter.write_line(line)

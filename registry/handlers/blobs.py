@@ -22,8 +22,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
     RFC 9110 §14.1.2: a last-pos at or beyond the end means "to the end", a suffix longer than
     the blob means the whole blob, and a first-pos at or beyond the end is unsatisfiable (416,
-    §15.5.17, with `Content-Range: bytes */size`); §14.2: an unparseable or invalid range
-    (last-pos before first-pos, several ranges) is ignored and the whole blob is sent. Numbers
+    §15.5.17, with `Content-Range: bytes */size`). spec: a last-pos before first-pos makes the
+    range invalid (RFC 9110 §14.1.1); a server may ignore the Range field (§14.2), and RFC 7233
+    §3.1 said to answer an invalid range with 416: that is what dockyard does, because the
+    official OCI conformance program ("range 500-0") counts a 200 there as "range requests
+    unsupported". A Range it does not parse (several ranges, another unit) is ignored: the
+    whole blob is sent (§14.2: a unit it does not understand MUST be ignored). Numbers
     of any length are compared without int() (which refuses more than 4,300 digits): a blob is
     never 2^63 bytes, so a longer number is simply "beyond the end".
     """
@@ -37,7 +41,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first:
         start = bounded_int(first, beyond)
         if last and bounded_int(last, beyond) < start:
-            return None
+            raise _unsatisfiable(f"range {header[:100]!r} ends before it starts", size)
         end = min(bounded_int(last, beyond), size - 1) if last else size - 1
     else:
         suffix = bounded_int(last, beyond)
@@ -45,12 +49,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         if suffix == 0:
             start = size
     if start >= size:
-        raise SizeInvalid(
-            f"range {header[:100]!r} is outside the blob of {size} bytes",
-            status=416,
-            headers={"Content-Range": f"bytes */{size}"},
-        )
+        raise _unsatisfiable(f"range {header[:100]!r} is outside the blob of {size} bytes", size)
     return start, end
+
+
+def _unsatisfiable(message: str, size: int) -> SizeInvalid:
+    return SizeInvalid(message, status=416, headers={"Content-Range": f"bytes */{size}"})
 
 
 class _RangedFile(web.FileResponse):
