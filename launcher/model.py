@@ -10,6 +10,7 @@ import fnmatch
 import math
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,18 +150,28 @@ def _refuse_unknown(body: dict[str, Any], allowed: set[str], where: str) -> None
         )
 
 
+def _objects(
+    value: Any, where: str, shape: str, keys: set[str] | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The items of a list of JSON objects, each with its path for error messages; refuses a
+    non-list, a non-object item and (given `keys`) an unknown key."""
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{where} must be a list")
+    for i, item in enumerate(value):
+        w = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{w} must be {shape}")
+        if keys is not None:
+            _refuse_unknown(item, keys, w)
+        yield w, item
+
+
 def parse_secrets(value: Any, where: str) -> list[dict[str, str]]:
     """ECS's `secrets`: [{name: ENV_VAR, valueFrom: SECRET}] from the launcher's secret store."""
     if value is None:
         return []
-    if not isinstance(value, list):
-        raise InvalidRequest(f"{where} must be a list of {{name, valueFrom}}")
     out = []
-    for i, item in enumerate(value):
-        w = f"{where}[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"{w} must be {{name, valueFrom}}")
-        _refuse_unknown(item, {"name", "valueFrom"}, w)
+    for w, item in _objects(value, where, "{name, valueFrom}", {"name", "valueFrom"}):
         name, source = item.get("name"), item.get("valueFrom")
         if not isinstance(name, str) or not ENV_NAME_RE.match(name):
             raise InvalidRequest(f"{w}.name must be an environment variable name")
@@ -173,14 +184,9 @@ def parse_secrets(value: Any, where: str) -> list[dict[str, str]]:
 def parse_mount_points(value: Any, where: str) -> list[dict[str, Any]]:
     if value is None:
         return []
-    if not isinstance(value, list):
-        raise InvalidRequest(f"{where} must be a list")
     out = []
-    for i, item in enumerate(value):
-        w = f"{where}[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"{w} must be {{sourceVolume, containerPath, readOnly}}")
-        _refuse_unknown(item, {"sourceVolume", "containerPath", "readOnly"}, w)
+    keys = {"sourceVolume", "containerPath", "readOnly"}
+    for w, item in _objects(value, where, "{sourceVolume, containerPath, readOnly}", keys):
         source, path = item.get("sourceVolume"), item.get("containerPath")
         if not isinstance(source, str) or not source:
             raise InvalidRequest(f"{w}.sourceVolume must name a task volume")
@@ -194,14 +200,9 @@ def parse_mount_points(value: Any, where: str) -> list[dict[str, Any]]:
 def parse_depends_on(value: Any, where: str) -> list[dict[str, str]]:
     if value is None:
         return []
-    if not isinstance(value, list):
-        raise InvalidRequest(f"{where} must be a list")
     out = []
-    for i, item in enumerate(value):
-        w = f"{where}[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"{w} must be {{containerName, condition}}")
-        _refuse_unknown(item, {"containerName", "condition"}, w)
+    keys = {"containerName", "condition"}
+    for w, item in _objects(value, where, "{containerName, condition}", keys):
         name, condition = item.get("containerName"), item.get("condition", "START")
         if not isinstance(name, str):
             raise InvalidRequest(f"{w}.containerName must name a container of this task")
@@ -280,14 +281,9 @@ def parse_volumes(value: Any, volume_roots: tuple[str, ...]) -> list[dict[str, A
     `volume_roots` directory) or a named Docker volume (`dockerVolumeConfiguration`)."""
     if value is None:
         return []
-    if not isinstance(value, list):
-        raise InvalidRequest("volumes must be a list")
     out = []
-    for i, item in enumerate(value):
-        w = f"volumes[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"{w} must be an object")
-        _refuse_unknown(item, {"name", "host", "dockerVolumeConfiguration"}, w)
+    keys = {"name", "host", "dockerVolumeConfiguration"}
+    for w, item in _objects(value, "volumes", "an object", keys):
         name = item.get("name")
         if not isinstance(name, str) or not VOLUME_NAME_RE.match(name):
             raise InvalidRequest(f"{w}.name must match {VOLUME_NAME_RE.pattern}")
@@ -446,13 +442,8 @@ STRATEGY_FIELDS = {"binpack": ("cpu", "memory"), "random": ()}
 def parse_strategy(value: Any) -> list[dict[str, str]] | None:
     if value is None:
         return None
-    if not isinstance(value, list):
-        raise InvalidRequest("placementStrategy must be a list")
     out = []
-    for i, item in enumerate(value):
-        where = f"placementStrategy[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"{where} must be an object")
+    for where, item in _objects(value, "placementStrategy", "an object"):
         kind, fld = item.get("type"), item.get("field")
         if kind == "binpack":
             if fld not in ("cpu", "memory"):
@@ -476,13 +467,8 @@ def parse_strategy(value: Any) -> list[dict[str, str]] | None:
 def parse_constraints(value: Any) -> list[dict[str, str]]:
     if value is None:
         return []
-    if not isinstance(value, list):
-        raise InvalidRequest("placementConstraints must be a list")
     out = []
-    for i, item in enumerate(value):
-        where = f"placementConstraints[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"{where} must be an object")
+    for where, item in _objects(value, "placementConstraints", "an object"):
         kind = item.get("type")
         if kind == "distinctInstance":
             out.append({"type": kind})
