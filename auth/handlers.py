@@ -128,7 +128,7 @@ class TokenEndpoint:
         self, request: web.Request, username: str, password: str
     ) -> str | web.Response:
         source = request.remote or ""
-        retry_after = self._throttle.retry_after(source, username)
+        retry_after = await self._throttle.retry_after(source, username)
         if retry_after is not None:
             # Refused before any hashing, and late: a closed-loop flood from one address gets
             # one answer per connection per tarpit instead of thousands per second.
@@ -141,7 +141,7 @@ class TokenEndpoint:
             )
         # Counted before the check so that many concurrent guesses cannot all slip in under the
         # limit while their hashes are computed; a success clears the (address, account) count.
-        self._throttle.failed(source, username)
+        await self._throttle.failed(source, username)
         try:
             subject = await self._accounts.authenticate(username, password)
         except PasswordBusy as exc:
@@ -153,7 +153,7 @@ class TokenEndpoint:
             )
         if subject is None:
             return _error(401, "invalid_grant", "incorrect username or password")
-        self._throttle.succeeded(source, username)
+        await self._throttle.succeeded(source, username)
         return subject
 
     async def _respond(

@@ -5,6 +5,8 @@
 - auth_robots: a customer's CI accounts, with the repository globs and actions they may use.
 - auth_public_repositories: repositories anonymous callers may pull.
 - auth_refresh_tokens: only a hash of each token is kept, so a leaked table yields no token.
+- auth_login_failures: recent failed logins per throttling key, shared by every node, so the
+  login limits hold across a cluster (auth/throttle.py).
 """
 
 from __future__ import annotations
@@ -51,5 +53,12 @@ STEPS: list[str] = [
         last_used_at BIGINT
     );
     CREATE INDEX auth_refresh_tokens_subject ON auth_refresh_tokens (subject);
+    """,
+    """
+    CREATE TABLE auth_login_failures (
+        key TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX auth_login_failures_key ON auth_login_failures (key, at);
     """,
 ]

@@ -13,7 +13,7 @@ from auth.challenge import JWKS_PATH, TOKEN_PATH
 from auth.config import AuthSettings
 from auth.handlers import TokenEndpoint
 from auth.keys import VerificationKey, load_signing_key, load_verification_keys
-from auth.throttle import LoginThrottle
+from auth.throttle import LoginThrottle, SharedFailures
 from auth.tokens import TokenIssuer, TokenVerifier
 from dockyard.core.sql import Database
 
@@ -53,6 +53,7 @@ async def create_auth(settings: AuthSettings, default_customer: str, db: Databas
         settings.failed_login_window,
         source_limit=settings.failed_login_source_limit,
         tarpit=settings.failed_login_tarpit,
+        shared=SharedFailures(db, settings.failed_login_window),
     )
     passwords.configure(
         settings.hash_workers or passwords.default_workers(),

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import urllib.error
@@ -191,3 +192,34 @@ def patch(location: str, chunk: bytes, offset: int) -> tuple[int, bytes, dict[st
             return resp.status, resp.read(), dict(resp.headers)
     except urllib.error.HTTPError as err:
         return err.code, err.read(), dict(err.headers)
+
+
+def test_login_limits_hold_across_nodes(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """Failed logins counted on one node refuse the same address on another (one database)."""
+    url = postgres.new_database()
+    config = f'[metadata]\nurl = "{url}"\n\n[auth]\nenabled = true\nfailed_login_limit = 3\n'
+    with DockyardServer(tmp_path / "a", config) as a, DockyardServer(tmp_path / "b", config) as b:
+        a.cli("customer", "add", "acme")
+        a.cli("user", "add", "alice", "--customer", "acme", "--role", "writer",
+              stdin="alice-password\n")
+
+        def login(node: DockyardServer, password: str) -> int:
+            creds = base64.b64encode(f"alice:{password}".encode()).decode()
+            req = urllib.request.Request(
+                f"{node.url}/auth/token?service=dockyard",
+                headers={"Authorization": f"Basic {creds}"},
+            )
+            return get_request(req)
+
+        assert login(b, "alice-password") == 200
+        assert [login(a, "wrong-password") for _ in range(3)] == [401, 401, 401]
+        # Node b never saw those failures itself; the shared counts refuse it there too.
+        assert login(b, "alice-password") == 429
+
+
+def get_request(req: urllib.request.Request) -> int:
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
