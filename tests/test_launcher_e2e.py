@@ -736,3 +736,119 @@ def _toml(doc: dict[str, Any]) -> str:
 
     table("", doc)
     return "\n".join(lines) + "\n"
+
+
+async def test_leader_killed_mid_deployment_another_node_finishes_it(
+    env, images, workdir, postgres
+):
+    """Two launcher processes on one PostgreSQL database (two nodes of a cluster): the one
+    holding the `launcher:<cluster>` lease is killed with -9 while a new task is starting; the
+    other takes the lease and finishes the rollout (issue 15). Prints the failover time."""
+    engines, api_main = env["engines"], env["api"]
+    cluster = f"dyfail-{uuid.uuid4().hex[:8]}"
+    url = postgres.new_database()
+    ports = [free_port(), free_port()]
+    procs: list[subprocess.Popen[bytes]] = []
+    configs = []
+    for i in range(2):
+        section = launcher_section(engines, env["registry"], workdir / f"fo{i}", cluster,
+                                   leader_ttl=3.0)
+        section["port_range"] = PORTS_KILL
+        path = workdir / f"failover{i}.toml"
+        path.write_text(_toml({"data_dir": str(workdir / f"failover-data{i}"),
+                               "metadata": {"url": url}, "launcher": section}))
+        configs.append(path)
+    log_path = workdir / "failover.log"
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "launcher", "--config", str(configs[i]), "launcher",
+                 "serve", "--port", str(ports[i])], stdout=log, stderr=subprocess.STDOUT,
+                cwd=pathlib.Path(__file__).resolve().parents[1],
+            )
+
+    apis = [Api(api_main.session, f"http://127.0.0.1:{p}/launcher/v1", TOKEN) for p in ports]
+
+    async def leader() -> list[int]:  # a list: index 0 must count as found
+        for i, api in enumerate(apis):
+            if procs[i].poll() is None:
+                with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                    if (await api.call("GET", "/"))["leader"]:
+                        return [i]
+        return []
+
+    async def send(i: int, digest: str, tag: str) -> None:
+        envelope = {"events": [{
+            "id": uuid.uuid4().hex, "timestamp": "2024-01-01T00:00:00Z", "action": "push",
+            "target": {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                       "digest": digest, "size": 1, "length": 1, "repository": "acme/fo",
+                       "tag": tag, "url": f"http://{env['reg']}/v2/acme/fo/manifests/{digest}"},
+            "request": {"id": "r", "addr": "127.0.0.1", "host": env["reg"], "method": "PUT",
+                        "useragent": "test"},
+            "actor": {}, "source": {"addr": "test", "instanceID": "test"},
+        }]}
+        async with api_main.session.post(
+            f"http://127.0.0.1:{ports[i]}/launcher/v1/events", data=json.dumps(envelope),
+            headers={"Authorization": f"Bearer {SECRET}", "Content-Type": ENVELOPE_MEDIA_TYPE},
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+
+    try:
+        procs.extend([start(0), start(1)])
+        found = await eventually(leader, timeout=30)
+        assert found, log_path.read_text()
+        lead = found[0]
+        other = 1 - lead
+        api = apis[other]  # every node answers the API; only the leader acts on engines
+        td = web_task("fo", "acme/fo", cpu=64, memory=32, command=f"sleep 2; {HTTPD}",
+                      retries=30)
+        await api.call("POST", "/task-definitions", td, expect=201)
+        await api.call("POST", "/services", {"name": "fo", "repository": "acme/fo",
+                                             "taskDefinition": "fo", "desiredCount": 2},
+                       expect=201)
+        v1 = await images("acme/fo:1", site("fo-1"))
+        await send(other, v1, "1")
+        assert (await api.deployment_for("fo", v1))["state"] == "SUCCESSFUL"
+
+        v2 = await images("acme/fo:2", site("fo-2"))
+        await send(other, v2, "2")
+
+        async def starting() -> bool:
+            return any(t["image"].endswith(v2) and t["status"] == "RUNNING"
+                       for t in await api.tasks("fo"))
+
+        await eventually(starting, timeout=30)
+        os.kill(procs[lead].pid, signal.SIGKILL)
+        procs[lead].wait(timeout=10)
+        killed = time.monotonic()
+        dep = await api.deployment_for("fo", v2)
+        failover = time.monotonic() - killed
+        print(f"\nlauncher leader failover: deployment finished {failover:.1f}s after the kill")
+        assert dep["state"] == "SUCCESSFUL", dep
+        assert (await api.call("GET", "/"))["leader"] is True
+        tasks = await api.tasks("fo")
+        assert len(tasks) == 2 and all(t["image"] == f"acme/fo@{v2}" for t in tasks)
+        for task in tasks:
+            assert get(f"http://127.0.0.1:{task['ports'][0]}/") == "fo-2\n"
+    finally:
+        alive = [i for i, p in enumerate(procs) if p.poll() is None]
+        if alive:
+            with contextlib.suppress(Exception):
+                await apis[alive[0]].call("DELETE", "/services/fo", expect=202)
+
+                async def drained() -> bool:
+                    return not await apis[alive[0]].tasks("fo")
+
+                await eventually(drained, timeout=20)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for engine in engines.values():
+            for c in await containers_of(engine, cluster):
+                await asyncio.to_thread(engine.docker, "rm", "-f", c["ID"], check=False)
