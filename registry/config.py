@@ -202,14 +202,21 @@ def _build(cls: type, table: dict[str, Any], section: str, unknown: list[str]) -
             unknown.append(f"{section}.{key}")
             continue
         setattr(obj, key, value)
+    defaults = cls()
     for f in fields(cls):
-        env = os.environ.get(f"DOCKYARD_{section.upper()}_{f.name.upper()}")
+        name = f"DOCKYARD_{section.upper()}_{f.name.upper()}"
+        env = os.environ.get(name)
         if env is not None:
-            setattr(
-                obj,
-                f.name,
-                _coerce(env, getattr(obj, f.name) if getattr(obj, f.name) is not None else ""),
-            )
+            # Coerced to the type of the key's default, not of the file's value: `5` in a file
+            # must not turn DOCKYARD_…=0.5 for a float key into an error.
+            default = getattr(defaults, f.name)
+            try:
+                value = _coerce(env, default if default is not None else "")
+            except ValueError:
+                raise ConfigError(f"{name}={env!r}: not a valid {section}.{f.name}") from None
+            if isinstance(default, list) and isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            setattr(obj, f.name, value)
     return obj
 
 

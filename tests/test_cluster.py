@@ -133,6 +133,7 @@ def dockyard_cli(node_index: int, cluster: Cluster, *args: str) -> subprocess.Co
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=node.env,  # the node's DOCKYARD_* settings, as an operator's shell on it would have
         timeout=300,
     )
 

@@ -14,32 +14,17 @@ from .require import require_binary
 from .seaweed import SeaweedFS
 from .server import DockyardServer
 
-HAPROXY_CONFIG = """
-global
-    maxconn 2000
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster"
 
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 120s
-    timeout server 120s
-    timeout http-request 30s
-    retries 2
-    option redispatch
-    # Round-robin without stickiness: each request of one push may land on another node.
-    # A request is retried on another node only when the connection could not be made.
-    retry-on conn-failure
 
-frontend registry
-    bind 127.0.0.1:{port}
-    default_backend nodes
-
-backend nodes
-    balance roundrobin
-    option httpchk GET /healthz
-    http-check expect status 200
-{servers}
-"""
+def haproxy_config(port: int, nodes: list[DockyardServer]) -> str:
+    """The README's example (examples/cluster/haproxy.cfg) with this test's ports."""
+    text = (EXAMPLE / "haproxy.cfg").read_text()
+    text = text.replace("bind 127.0.0.1:5000", f"bind 127.0.0.1:{port}")
+    for i, node in enumerate(nodes):
+        text = text.replace(f"127.0.0.1:{5001 + i} ", f"{node.host} ")
+    assert text.count("    server node") == len(nodes), "the example has one line per node"
+    return text
 
 
 class Cluster:
@@ -52,20 +37,30 @@ class Cluster:
         extra_config: str = "",
     ) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.metadata_url = postgres.new_database()
         bucket = f"c-{secrets.token_hex(6)}"
         self.nodes: list[DockyardServer] = []
+        # Each node runs the README's example node config; the environment says where this
+        # test's database, bucket and load balancer are.
+        config = (EXAMPLE / "node.toml").read_text() + extra_config
         for i in range(nodes):
-            config = (
-                seaweed.config_text(bucket=bucket)
-                + f'\n[metadata]\nurl = "{self.metadata_url}"\n'
-                + f'\n[cluster]\nnode_name = "node{i}"\nheartbeat_seconds = 0.5\n'
-                + f'\n[http]\npublic_url = "{self.url}"\n'
-                + extra_config
-            )
-            self.nodes.append(DockyardServer(root / f"node{i}", config))
+            env = {
+                "DOCKYARD_METADATA_URL": self.metadata_url,
+                "DOCKYARD_STORAGE_ENDPOINT": seaweed.endpoint,
+                "DOCKYARD_STORAGE_ACCESS_KEY": seaweed.access_key,
+                "DOCKYARD_STORAGE_SECRET_KEY": seaweed.secret_key,
+                "DOCKYARD_STORAGE_BUCKET": bucket,
+                "DOCKYARD_STORAGE_CREATE_BUCKET": "true",
+                "DOCKYARD_STORAGE_PART_SIZE_MIB": "5",
+                "DOCKYARD_HTTP_PUBLIC_URL": self.url,
+                "DOCKYARD_CLUSTER_NODE_NAME": f"node{i}",
+                "DOCKYARD_CLUSTER_HEARTBEAT_SECONDS": "0.5",
+                "DOCKYARD_GC_INTERVAL_SECONDS": "0",
+            }
+            self.nodes.append(DockyardServer(root / f"node{i}", config, env))
         self.haproxy: subprocess.Popen[bytes] | None = None
         self.haproxy_log = root / "haproxy.log"
 
@@ -73,12 +68,8 @@ class Cluster:
         binary = require_binary("haproxy", "/usr/sbin/haproxy")
         for node in self.nodes:
             node.start()
-        servers = "\n".join(
-            f"    server node{i} {n.host} check inter 300ms fall 2 rise 1"
-            for i, n in enumerate(self.nodes)
-        )
         cfg = self.root / "haproxy.cfg"
-        cfg.write_text(HAPROXY_CONFIG.format(port=self.port, servers=servers))
+        cfg.write_text(haproxy_config(self.port, self.nodes))
         log = open(self.haproxy_log, "ab")
         # -db: stay in the foreground, so the PID held here is the proxy's own.
         self.haproxy = subprocess.Popen([binary, "-db", "-f", str(cfg)], stdout=log, stderr=log)
