@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
@@ -67,6 +68,18 @@ async def push_image(
 async def error_code(resp: Any) -> str:
     body = await resp.json(content_type=None)
     return body["errors"][0]["code"]
+
+
+async def basic_token(http: Any, base: str, user: str, password: str, scope: str) -> str:
+    """A bearer token from the registry's token endpoint for `user`, via Basic auth."""
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    async with http.get(
+        f"{base}/auth/token",
+        params={"service": "dockyard", "scope": scope},
+        headers={"Authorization": f"Basic {auth}"},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        return str((await resp.json())["token"])
 
 
 async def push_blob_raw(http: Any, base: str, repo: str, blob: bytes) -> str:

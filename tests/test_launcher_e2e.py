@@ -573,6 +573,27 @@ async def test_dead_tasks_are_replaced_orphans_removed_and_draining_moves_tasks(
     await api.call("PATCH", f"/instances/{by_name['a']['id']}", {"status": "GONE"}, expect=400)
 
 
+async def send_push(
+    session: aiohttp.ClientSession, port: int, reg: str, repo: str, digest: str, tag: str
+) -> None:
+    """The registry's push notification for `repo@digest`, posted to a launcher's events
+    endpoint on `port` (as a webhook endpoint of the registry would)."""
+    envelope = {"events": [{
+        "id": uuid.uuid4().hex, "timestamp": "2024-01-01T00:00:00Z", "action": "push",
+        "target": {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                   "digest": digest, "size": 1, "length": 1, "repository": repo, "tag": tag,
+                   "url": f"http://{reg}/v2/{repo}/manifests/{digest}"},
+        "request": {"id": "r", "addr": "127.0.0.1", "host": reg, "method": "PUT",
+                    "useragent": "test"},
+        "actor": {}, "source": {"addr": "test", "instanceID": "test"},
+    }]}
+    async with session.post(
+        f"http://127.0.0.1:{port}/launcher/v1/events", data=json.dumps(envelope),
+        headers={"Authorization": f"Bearer {SECRET}", "Content-Type": ENVELOPE_MEDIA_TYPE},
+    ) as resp:
+        assert resp.status == 202, await resp.text()
+
+
 async def test_kill_9_mid_deployment_then_restart_completes_without_orphans(env, images,
                                                                             workdir):
     """A second launcher, as its own process (`python -m launcher … serve`), killed with -9
@@ -609,22 +630,7 @@ async def test_kill_9_mid_deployment_then_restart_completes_without_orphans(env,
         raise AssertionError(log_path.read_text())
 
     async def send(digest: str, tag: str) -> None:
-        envelope = {"events": [{
-            "id": uuid.uuid4().hex, "timestamp": "2024-01-01T00:00:00Z", "action": "push",
-            "target": {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                       "digest": digest, "size": 1, "length": 1, "repository": "acme/slow",
-                       "tag": tag,
-                       "url": f"http://{env['reg']}/v2/acme/slow/manifests/{digest}"},
-            "request": {"id": "r", "addr": "127.0.0.1", "host": env["reg"], "method": "PUT",
-                        "useragent": "test"},
-            "actor": {}, "source": {"addr": "test", "instanceID": "test"},
-        }]}
-        async with api.session.post(
-            f"http://127.0.0.1:{port}/launcher/v1/events", data=json.dumps(envelope),
-            headers={"Authorization": f"Bearer {SECRET}",
-                     "Content-Type": ENVELOPE_MEDIA_TYPE},
-        ) as resp:
-            assert resp.status == 202, await resp.text()
+        await send_push(api_main.session, port, env["reg"], "acme/slow", digest, tag)
 
     api = Api(api_main.session, f"http://127.0.0.1:{port}/launcher/v1", TOKEN)
     proc = start()
@@ -779,20 +785,7 @@ async def test_leader_killed_mid_deployment_another_node_finishes_it(
         return []
 
     async def send(i: int, digest: str, tag: str) -> None:
-        envelope = {"events": [{
-            "id": uuid.uuid4().hex, "timestamp": "2024-01-01T00:00:00Z", "action": "push",
-            "target": {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                       "digest": digest, "size": 1, "length": 1, "repository": "acme/fo",
-                       "tag": tag, "url": f"http://{env['reg']}/v2/acme/fo/manifests/{digest}"},
-            "request": {"id": "r", "addr": "127.0.0.1", "host": env["reg"], "method": "PUT",
-                        "useragent": "test"},
-            "actor": {}, "source": {"addr": "test", "instanceID": "test"},
-        }]}
-        async with api_main.session.post(
-            f"http://127.0.0.1:{ports[i]}/launcher/v1/events", data=json.dumps(envelope),
-            headers={"Authorization": f"Bearer {SECRET}", "Content-Type": ENVELOPE_MEDIA_TYPE},
-        ) as resp:
-            assert resp.status == 202, await resp.text()
+        await send_push(api_main.session, ports[i], env["reg"], "acme/fo", digest, tag)
 
     try:
         procs.extend([start(0), start(1)])

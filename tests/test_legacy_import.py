@@ -6,7 +6,6 @@ old one served — manifests, tags, catalog, blobs, usage, pending events and lo
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import shutil
 import sqlite3
@@ -19,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.apiclient import OCI_INDEX, OCI_MANIFEST, push_to, sha256
+from tests.apiclient import OCI_INDEX, OCI_MANIFEST, basic_token, push_to, sha256
 from tests.support.net import free_port
 from tests.support.postgres import PostgresCluster
 from tests.support.server import ROOT, DockyardServer
@@ -262,25 +261,18 @@ def test_round1_installation_imports_and_serves_the_same(
 
 
 def logins(url: str, robot_secret: str) -> dict[str, int]:
-    async def token(http: aiohttp.ClientSession, user: str, password: str, scope: str) -> str:
-        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-        async with http.get(
-            f"{url}/auth/token", params={"service": "dockyard", "scope": scope},
-            headers={"Authorization": f"Basic {auth}"},
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            return (await resp.json())["token"]
-
     async def check() -> dict[str, int]:
         out: dict[str, int] = {}
         async with aiohttp.ClientSession() as http:
-            t = await token(http, "alice", "alice-password", "repository:acme/web:pull")
+            t = await basic_token(http, url, "alice", "alice-password", "repository:acme/web:pull")
             async with http.get(
                 f"{url}/v2/acme/web/manifests/multi",
                 headers={"Authorization": f"Bearer {t}", "Accept": ACCEPT},
             ) as resp:
                 out["alice"] = resp.status
-            t = await token(http, "robot$globex+ci", robot_secret, "repository:globex/app:pull")
+            t = await basic_token(
+                http, url, "robot$globex+ci", robot_secret, "repository:globex/app:pull"
+            )
             async with http.get(
                 f"{url}/v2/globex/app/tags/list", headers={"Authorization": f"Bearer {t}"}
             ) as resp:

@@ -5,7 +5,6 @@ and logins there."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import sqlite3
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.apiclient import OCI_MANIFEST, push_to
+from tests.apiclient import OCI_MANIFEST, basic_token, push_to
 from tests.support.postgres import PostgresCluster
 from tests.support.server import ROOT, DockyardServer
 
@@ -113,26 +112,20 @@ def test_embedded_installation_moves_to_postgresql(
 def snapshot_with_login(server: DockyardServer, repos: list[str], robot_secret: str) -> dict:
     """Logins work on the migrated accounts; with a token per request the same things show."""
 
-    async def token(http: aiohttp.ClientSession, user: str, password: str, scope: str) -> str:
-        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-        async with http.get(
-            f"{server.url}/auth/token",
-            params={"service": "dockyard", "scope": scope},
-            headers={"Authorization": f"Basic {auth}"},
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            return (await resp.json())["token"]
-
     async def check() -> dict:
         out: dict = {}
         async with aiohttp.ClientSession() as http:
-            t = await token(http, "alice", "alice-password", "repository:acme/web:pull")
+            t = await basic_token(
+                http, server.url, "alice", "alice-password", "repository:acme/web:pull"
+            )
             async with http.get(
                 f"{server.url}/v2/acme/web/manifests/v1",
                 headers={"Authorization": f"Bearer {t}", "Accept": OCI_MANIFEST},
             ) as resp:
                 out["alice"] = resp.status
-            t = await token(http, "robot$globex+ci", robot_secret, "repository:globex/app:pull")
+            t = await basic_token(
+                http, server.url, "robot$globex+ci", robot_secret, "repository:globex/app:pull"
+            )
             async with http.get(
                 f"{server.url}/v2/globex/app/tags/list", headers={"Authorization": f"Bearer {t}"}
             ) as resp:
